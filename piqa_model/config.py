@@ -1,0 +1,147 @@
+"""Typed model configuration and the named presets.
+
+A `ModelConfig` fully describes a network's architecture and its inference geometry; it is stored as
+JSON inside every bundle, so a bundle can always be rebuilt without guessing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from piqa_model.errors import ConfigError
+
+AuxKind = Literal["none", "liqe"]
+CropMode = Literal["five", "center"]
+
+
+@dataclass(frozen=True)
+class SwinConfig:
+    """One Swin Transformer backbone (timm layout, classifier head removed)."""
+
+    img_size: int = 384
+    patch_size: int = 4
+    window_size: int = 12
+    embed_dim: int = 128
+    depths: tuple[int, ...] = (2, 2, 18, 2)
+    num_heads: tuple[int, ...] = (4, 8, 16, 32)
+    timm_name: str = "swin_base_patch4_window12_384"
+
+    @property
+    def feature_width(self) -> int:
+        """Width of the average-pooled final-stage feature (1024 for Swin-B)."""
+        return self.embed_dim * 2 ** (len(self.depths) - 1)
+
+
+@dataclass(frozen=True)
+class LiqeConfig:
+    """LIQE auxiliary branch: a CLIP (OpenAI layout) and its patch-sampling rule."""
+
+    embed_dim: int = 512
+    image_size: int = 224
+    vision_width: int = 768
+    vision_layers: int = 12
+    vision_heads: int = 12
+    vision_patch: int = 32
+    text_width: int = 512
+    text_layers: int = 12
+    text_heads: int = 8
+    vocab_size: int = 49408
+    context_length: int = 77
+    patch_size: int = 224
+    patch_stride: int = 32
+    num_patches: int = 15
+    open_clip_name: str = "ViT-B-32"
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The whole DN-PIQA network: two Swin branches, optional LIQE features, MLP head."""
+
+    name: str = "dn-piqa"
+    overall: SwinConfig = field(default_factory=SwinConfig)
+    face: SwinConfig = field(default_factory=SwinConfig)
+    aux: AuxKind = "liqe"
+    liqe: LiqeConfig | None = field(default_factory=LiqeConfig)
+    aux_width: int = 495
+    head_hidden: int = 128
+    dropout: float = 0.1
+    resize: int = 448
+    crop: int = 384
+    crop_mode: CropMode = "five"
+    face_margin: int = 20
+
+    def __post_init__(self) -> None:
+        if self.aux not in ("none", "liqe"):
+            raise ConfigError(f"aux must be 'none' or 'liqe', got {self.aux!r}")
+        if self.aux == "liqe" and self.liqe is None:
+            raise ConfigError("aux='liqe' needs a liqe configuration")
+        if self.crop_mode not in ("five", "center"):
+            raise ConfigError(f"crop_mode must be 'five' or 'center', got {self.crop_mode!r}")
+        if self.crop > self.resize:
+            raise ConfigError(f"crop ({self.crop}) must not exceed resize ({self.resize})")
+
+    @property
+    def head_input_width(self) -> int:
+        aux = self.aux_width if self.aux == "liqe" else 0
+        return self.overall.feature_width + self.face.feature_width + aux
+
+    def replace(self, **changes: Any) -> ModelConfig:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        data = dict(data)
+        try:
+            data["overall"] = _swin_from_dict(data["overall"])
+            data["face"] = _swin_from_dict(data["face"])
+            if data.get("liqe") is not None:
+                data["liqe"] = LiqeConfig(**data["liqe"])
+            return cls(**data)
+        except (KeyError, TypeError) as exc:
+            raise ConfigError(f"not a valid model configuration: {exc}") from exc
+
+
+def _swin_from_dict(data: dict[str, Any]) -> SwinConfig:
+    data = dict(data)
+    data["depths"] = tuple(data["depths"])
+    data["num_heads"] = tuple(data["num_heads"])
+    return SwinConfig(**data)
+
+
+SMALL_SWIN = SwinConfig(embed_dim=32, depths=(1, 1, 1, 1), num_heads=(1, 2, 4, 8))
+
+TINY_LIQE = LiqeConfig(
+    embed_dim=32,
+    vision_width=64,
+    vision_layers=2,
+    vision_heads=1,
+    text_width=64,
+    text_layers=2,
+    text_heads=1,
+)
+
+PRESETS: dict[str, ModelConfig] = {
+    # The paper's configuration: the default for every real run.
+    "dn-piqa": ModelConfig(),
+    # CPU-sized: ~20 ms per 384 crop per branch; for tests, the demo and the starter model.
+    "small": ModelConfig(name="small", overall=SMALL_SWIN, face=SMALL_SWIN, aux="none", liqe=None),
+    # The small network with a tiny CLIP as LIQE branch: exercises the aux path on a CPU.
+    "small-liqe": ModelConfig(name="small-liqe", overall=SMALL_SWIN, face=SMALL_SWIN, liqe=TINY_LIQE),
+}
+
+
+def preset(name: str) -> ModelConfig:
+    """Return the named preset; raise ConfigError listing the known names otherwise."""
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ConfigError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}") from None

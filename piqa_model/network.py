@@ -1,0 +1,92 @@
+"""DN-PIQA: whole-image Swin + face Swin (+ LIQE logits) -> MLP head, one score per crop."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from piqa_model.config import ModelConfig
+from piqa_model.errors import ConfigError
+from piqa_model.liqe import LiqeBranch, cut_patches
+from piqa_model.swin import build_swin
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class DualBranchNet(nn.Module):
+    """The DN-PIQA network.
+
+    `aux == "liqe"` means the head reads the 495 LIQE logits. `liqe` (the CLIP that computes them) may be
+    absent, e.g. after importing only `PIQ_model.pth`; then the caller passes `aux` to `forward_crops`.
+    """
+
+    def __init__(self, config: ModelConfig, pretrained: bool = False) -> None:
+        super().__init__()
+        self.config = config
+        self.overall = build_swin(config.overall, pretrained=pretrained)
+        self.face = build_swin(config.face, pretrained=pretrained)
+        self.liqe: LiqeBranch | None = None
+        if config.aux == "liqe" and config.liqe is not None:
+            self.liqe = (
+                LiqeBranch.from_pretrained_clip(config.liqe) if pretrained else LiqeBranch(config.liqe)
+            )
+        self.quality = nn.Sequential(
+            nn.Linear(config.head_input_width, config.head_hidden),
+            nn.ReLU(),
+            nn.Dropout(config.dropout),
+            nn.Linear(config.head_hidden, 1),
+        )
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    @property
+    def uses_aux(self) -> bool:
+        return self.config.aux == "liqe"
+
+    def normalise(self, crops_u8: torch.Tensor) -> torch.Tensor:
+        """uint8 crops [N, 3, H, W] -> ImageNet-normalised float crops."""
+        return (crops_u8.to(self.mean.dtype) / 255.0 - self.mean) / self.std
+
+    def forward_crops(
+        self, overall: torch.Tensor, face: torch.Tensor, aux: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Scores [N, 1] of N crop pairs (normalised float [N, 3, S, S]) and their aux vectors [N, 495]."""
+        features = [self.overall(overall), self.face(face)]
+        if self.uses_aux:
+            if aux is None:
+                raise ConfigError("this network reads LIQE features: pass aux [N, 495]")
+            features.append(aux.to(features[0].dtype))
+        elif aux is not None:
+            raise ConfigError("this network has no auxiliary branch: aux must be None")
+        return self.quality(torch.cat(features, dim=1))
+
+    def aux_features(self, image_u8: torch.Tensor) -> torch.Tensor:
+        """LIQE logits [1, 495] of one native-size uint8 image [1, 3, H, W]."""
+        return self.aux_from_patches(cut_patches(image_u8, self._liqe().config))
+
+    def aux_from_patches(self, patches_u8: torch.Tensor) -> torch.Tensor:
+        """LIQE logits [B, 495] from the selected patches of B images ([B * 15, 3, 224, 224] uint8)."""
+        return self._liqe()(patches_u8.to(self.mean.device))
+
+    def _liqe(self) -> LiqeBranch:
+        if self.liqe is None:
+            raise ConfigError(
+                "this network has no LIQE weights; import them with "
+                "`piqa weights import-dnpiqa --checkpoint PIQ_model.pth --liqe LIQE.pt`"
+            )
+        return self.liqe
+
+    def score_images(
+        self, overall_u8: torch.Tensor, face_u8: torch.Tensor, aux: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Image scores [B] from uint8 crops [B, K, 3, S, S] (K crops per image) and aux [B, 495].
+
+        All B*K crops go through one forward; the image score is the mean of its K crop scores.
+        """
+        batch, crops = overall_u8.shape[:2]
+        flat_aux = None if aux is None else aux.repeat_interleave(crops, dim=0)
+        scores = self.forward_crops(
+            self.normalise(overall_u8.flatten(0, 1)), self.normalise(face_u8.flatten(0, 1)), flat_aux
+        )
+        return scores.view(batch, crops).mean(dim=1)

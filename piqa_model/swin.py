@@ -1,0 +1,96 @@
+"""Swin Transformer backbones (timm) and reading their shape off a checkpoint.
+
+The authors trained with timm 0.6.7, whose Swin layout differs from timm >= 0.9: each `downsample`
+sits at the end of a stage instead of the start of the next, and two buffers are stored. timm's own
+`checkpoint_filter_fn` converts that layout; this module only infers the architecture from the
+tensor shapes so that any Swin size imports without being told what it is.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+import timm
+import torch
+from timm.models.swin_transformer import checkpoint_filter_fn
+from torch import nn
+
+from piqa_model.config import SwinConfig
+from piqa_model.errors import WeightsError, WeightsUnavailableError
+
+
+def build_swin(config: SwinConfig, pretrained: bool = False) -> nn.Module:
+    """A headless Swin whose forward returns the average-pooled final feature [N, C].
+
+    `pretrained=True` fetches timm's ImageNet weights from the hub (needs network access).
+    """
+    kwargs = dict(
+        num_classes=0,
+        img_size=config.img_size,
+        patch_size=config.patch_size,
+        window_size=config.window_size,
+        embed_dim=config.embed_dim,
+        depths=config.depths,
+        num_heads=config.num_heads,
+    )
+    if not pretrained:
+        return timm.create_model(config.timm_name, pretrained=False, **kwargs)
+    try:
+        return timm.create_model(config.timm_name, pretrained=True, **kwargs)
+    except Exception as exc:
+        raise WeightsUnavailableError(
+            f"could not fetch pretrained '{config.timm_name}' weights from the hub ({type(exc).__name__}: "
+            f"{exc}). Offline? Build without pretrained weights, or import released weights with "
+            "`piqa weights import-dnpiqa`."
+        ) from exc
+
+
+def infer_swin_config(state_dict: dict[str, torch.Tensor], base: SwinConfig | None = None) -> SwinConfig:
+    """Read embed dim, depths, heads, window, patch and (when buffers allow) image size off a Swin state dict.
+
+    Works on timm 0.6.7 and timm >= 0.9 layouts. Fields that the tensors do not determine come from `base`.
+    """
+    base = base or SwinConfig()
+    try:
+        patch_weight = state_dict["patch_embed.proj.weight"]
+    except KeyError:
+        raise WeightsError("not a Swin state dict: no 'patch_embed.proj.weight'") from None
+    embed_dim, patch_size = int(patch_weight.shape[0]), int(patch_weight.shape[-1])
+    blocks: dict[int, set[int]] = {}
+    for key in state_dict:
+        match = re.match(r"layers\.(\d+)\.blocks\.(\d+)\.", key)
+        if match:
+            blocks.setdefault(int(match.group(1)), set()).add(int(match.group(2)))
+    if not blocks:
+        raise WeightsError("not a Swin state dict: no 'layers.N.blocks.M' tensors")
+    stages = range(max(blocks) + 1)
+    depths = tuple(len(blocks.get(stage, ())) for stage in stages)
+    tables = [state_dict[f"layers.{s}.blocks.0.attn.relative_position_bias_table"] for s in stages]
+    num_heads = tuple(int(t.shape[1]) for t in tables)
+    window_size = (math.isqrt(int(tables[0].shape[0])) + 1) // 2
+    img_size = base.img_size
+    mask = state_dict.get("layers.0.blocks.1.attn_mask")
+    if mask is not None:  # timm 0.6.7 stores it: (num_windows, w*w, w*w) at stage-0 resolution
+        img_size = math.isqrt(int(mask.shape[0])) * window_size * patch_size
+    return SwinConfig(
+        img_size=img_size,
+        patch_size=patch_size,
+        window_size=window_size,
+        embed_dim=embed_dim,
+        depths=depths,
+        num_heads=num_heads,
+        timm_name=base.timm_name,
+    )
+
+
+def load_swin_weights(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> None:
+    """Load a timm 0.6.7 or current-layout Swin state dict (head-less) into `model`."""
+    converted = checkpoint_filter_fn(dict(state_dict), model)
+    converted = {k: v for k, v in converted.items() if not k.startswith("head.")}
+    missing, unexpected = model.load_state_dict(converted, strict=False)
+    if missing or unexpected:
+        raise WeightsError(
+            f"Swin weights do not fit the architecture: missing {sorted(missing)[:5]}, "
+            f"unexpected {sorted(unexpected)[:5]}"
+        )
