@@ -1,0 +1,142 @@
+"""Model bundles: a directory holding everything needed to score with a trained network.
+
+    <bundle>/config.json        {"model": ModelConfig, "bundle": BundleInfo}
+    <bundle>/model.safetensors  the weights (LIQE prompt features included, so they are never recomputed)
+    <bundle>/MODEL_CARD.md      what it is, what it was trained on, how good it is
+
+A bundle's id is its name plus a hash of its weights, so scores can always be traced to the exact model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from piqa_model.config import ModelConfig, preset
+from piqa_model.errors import WeightsError
+from piqa_model.network import DualBranchNet
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+CARD_FILE = "MODEL_CARD.md"
+SHIPPED_BUNDLE = Path(__file__).parent / "assets" / "starter"
+
+
+class UntrainedModelWarning(UserWarning):
+    """Scores from this model come from random weights and mean nothing."""
+
+
+@dataclass(frozen=True)
+class BundleInfo:
+    name: str
+    trained: bool
+    description: str = ""
+    source: str = ""
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+def save_bundle(net: DualBranchNet, path: str | Path, info: BundleInfo, card: str | None = None) -> Path:
+    """Write `net` as a bundle directory at `path` (replaced atomically if it exists)."""
+    path = Path(path)
+    if net.liqe is not None:
+        net.liqe.prompt_features()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+        save_file(state, staging / WEIGHTS_FILE)
+        document = {"model": net.config.to_dict(), "bundle": dataclasses.asdict(info)}
+        (staging / CONFIG_FILE).write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
+        (staging / CARD_FILE).write_text(card or _default_card(net.config, info))
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(staging, path)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return path
+
+
+def read_bundle(path: str | Path) -> tuple[DualBranchNet, BundleInfo, str]:
+    """(network in eval mode, bundle info, bundle id) from a bundle directory."""
+    path = Path(path)
+    config_path = path / CONFIG_FILE
+    if not config_path.is_file():
+        raise WeightsError(f"not a model bundle: {config_path} does not exist")
+    try:
+        document = json.loads(config_path.read_text())
+        config = ModelConfig.from_dict(document["model"])
+        info = BundleInfo(**document["bundle"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise WeightsError(f"{config_path} is not a valid bundle config: {exc}") from None
+    net = DualBranchNet(config)
+    try:
+        missing, unexpected = net.load_state_dict(load_file(path / WEIGHTS_FILE), strict=False)
+    except (OSError, RuntimeError) as exc:
+        raise WeightsError(f"cannot load {path / WEIGHTS_FILE}: {exc}") from None
+    if missing or unexpected:
+        raise WeightsError(f"{path} weights do not match its config: missing {missing[:5]}, "
+                           f"unexpected {unexpected[:5]}")
+    return net.eval(), info, f"{info.name}-{weights_digest(path)}"
+
+
+def weights_digest(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(Path(path) / WEIGHTS_FILE, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()[:12]
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("PIQA_CACHE_DIR", Path.home() / ".cache" / "piqa"))
+
+
+def default_bundle_path() -> Path:
+    """The shipped starter bundle; until one ships, a seeded random `small` bundle in the cache (untrained)."""
+    if (SHIPPED_BUNDLE / CONFIG_FILE).is_file():
+        return SHIPPED_BUNDLE
+    path = cache_dir() / "bundles" / "untrained-small"
+    if not (path / CONFIG_FILE).is_file():
+        torch.manual_seed(0)
+        info = BundleInfo(
+            name="untrained-small",
+            trained=False,
+            description="Randomly initialised `small` preset: a placeholder until a trained bundle exists.",
+        )
+        save_bundle(DualBranchNet(preset("small")), path, info)
+    return path
+
+
+def warn_if_untrained(info: BundleInfo) -> None:
+    if not info.trained:
+        warnings.warn(
+            f"model bundle '{info.name}' is UNTRAINED (random weights): its scores mean nothing. "
+            "Import the paper's weights with `piqa weights import-dnpiqa` or pass a trained --bundle.",
+            UntrainedModelWarning,
+            stacklevel=3,
+        )
+
+
+def _default_card(config: ModelConfig, info: BundleInfo) -> str:
+    status = "trained" if info.trained else "**UNTRAINED — random weights, scores mean nothing**"
+    metrics = "\n".join(f"- {k}: {v}" for k, v in sorted(info.metrics.items())) or "- none recorded"
+    return (
+        f"# Model card: {info.name}\n\n"
+        f"Status: {status}\n\n{info.description}\n\n"
+        f"## Architecture\n\nPreset/config name `{config.name}`: overall Swin embed_dim "
+        f"{config.overall.embed_dim}, depths {list(config.overall.depths)}; face Swin embed_dim "
+        f"{config.face.embed_dim}, depths {list(config.face.depths)}; auxiliary branch `{config.aux}`; "
+        f"resize {config.resize}, {config.crop_mode} crop {config.crop}.\n\n"
+        f"## Source\n\n{info.source or 'not recorded'}\n\n## Metrics\n\n{metrics}\n"
+    )

@@ -1,0 +1,119 @@
+"""Scoring images end to end in one process: decode -> detect faces -> prepare crops -> predict.
+
+The four steps are separate functions so that a distributed pipeline can run each where it fits
+(decode and prepare on CPU tasks, detection and prediction on actor pools) and get the same numbers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from piqa_model.bundle import BundleInfo, default_bundle_path, read_bundle, warn_if_untrained
+from piqa_model.config import ModelConfig
+from piqa_model.crops import PreparedImage, prepare
+from piqa_model.errors import ImageError
+from piqa_model.faces import DEFAULT_DETECT_SIZE, FaceDetection, FaceDetector
+from piqa_model.images import DEFAULT_MAX_PIXELS, open_image
+from piqa_model.liqe import summarise
+from piqa_model.network import DualBranchNet
+
+
+@torch.no_grad()
+def predict(net: DualBranchNet, batch: Sequence[PreparedImage]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Image scores [B] and LIQE logits [B, 495] (None without the aux branch), on the CPU."""
+    device = net.mean.device
+    overall = torch.stack([item.overall for item in batch]).to(device, non_blocking=True)
+    face = torch.stack([item.face for item in batch]).to(device, non_blocking=True)
+    aux = None
+    if net.uses_aux:
+        aux = net.aux_from_patches(torch.cat([item.liqe_patches for item in batch]))
+    scores = net.score_images(overall, face, aux).float().cpu()
+    return scores, None if aux is None else aux.float().cpu()
+
+
+def result_fields(
+    detection: FaceDetection, score: float, aux: torch.Tensor | None
+) -> dict[str, Any]:
+    """The per-image output fields shared by `Scorer.score` and the pipeline."""
+    fields: dict[str, Any] = {
+        "num_faces": detection.num_faces,
+        "face_box": list(detection.box) if detection.box is not None else None,
+        "face_prob": detection.prob,
+        "score": float(score),
+    }
+    if aux is not None:
+        summary = summarise(aux.view(1, -1))[0]
+        fields.update(liqe_quality=summary.quality, liqe_scene=summary.scene,
+                      liqe_distortion=summary.distortion)
+    return fields
+
+
+class Scorer:
+    """A loaded model ready to score images; see `load_bundle`."""
+
+    def __init__(
+        self,
+        net: DualBranchNet,
+        info: BundleInfo,
+        bundle_id: str,
+        *,
+        batch_size: int = 8,
+        detect_size: int = DEFAULT_DETECT_SIZE,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+    ) -> None:
+        self.net = net.eval()
+        self.info = info
+        self.bundle_id = bundle_id
+        self.batch_size = batch_size
+        self.max_pixels = max_pixels
+        self.detector = FaceDetector(detect_size, device=net.mean.device)
+
+    @property
+    def config(self) -> ModelConfig:
+        return self.net.config
+
+    @property
+    def trained(self) -> bool:
+        return self.info.trained
+
+    def score(self, images: Sequence[Image.Image | bytes]) -> list[dict[str, Any]]:
+        """One dict per input, in order: `status` ('ok' or why not), `error`, `width`, `height`,
+        `num_faces`, `face_box` (left, top, right, bottom in original pixels), `face_prob`, `score`
+        (None unless ok) and, with the LIQE branch, `liqe_quality`, `liqe_scene`, `liqe_distortion`."""
+        results: list[dict[str, Any]] = []
+        for start in range(0, len(images), self.batch_size):
+            results.extend(self._score_batch(images[start : start + self.batch_size]))
+        return results
+
+    def _score_batch(self, images: Sequence[Image.Image | bytes]) -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = []
+        decoded: list[tuple[int, Image.Image]] = []
+        for index, data in enumerate(images):
+            try:
+                image = open_image(data, self.max_pixels)
+            except ImageError as exc:
+                rows.append({"status": exc.status, "error": str(exc), "width": None, "height": None,
+                             "num_faces": None, "face_box": None, "face_prob": None, "score": None})
+                continue
+            rows.append({"status": "ok", "error": None, "width": image.width, "height": image.height})
+            decoded.append((index, image))
+        if not decoded:
+            return rows
+        detections = self.detector.detect([image for _, image in decoded])
+        prepared = [prepare(image, det, self.config) for (_, image), det in zip(decoded, detections, strict=True)]
+        scores, aux = predict(self.net, prepared)
+        for slot, ((index, _), detection) in enumerate(zip(decoded, detections, strict=True)):
+            rows[index].update(result_fields(detection, scores[slot], None if aux is None else aux[slot]))
+        return rows
+
+
+def load_bundle(path: str | Path | None = None, device: str | torch.device = "cpu", **options: Any) -> Scorer:
+    """A `Scorer` for the bundle at `path` (None: the default bundle). `options` go to `Scorer`."""
+    net, info, bundle_id = read_bundle(path if path is not None else default_bundle_path())
+    warn_if_untrained(info)
+    return Scorer(net.to(device), info, bundle_id, **options)
