@@ -20,8 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import fsspec
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load, save_file
 
 from piqa_model.config import ModelConfig, preset
 from piqa_model.errors import WeightsError
@@ -67,35 +68,44 @@ def save_bundle(net: DualBranchNet, path: str | Path, info: BundleInfo, card: st
     return path
 
 
+def bundle_files(path: str | Path) -> dict[str, bytes]:
+    """The bytes of a bundle's config and weights, from a local directory or any fsspec URI (s3://...)."""
+    fs, root = fsspec.core.url_to_fs(str(path))
+    files = {}
+    for name in (CONFIG_FILE, WEIGHTS_FILE):
+        try:
+            files[name] = fs.cat_file(f"{root.rstrip('/')}/{name}")
+        except FileNotFoundError:
+            raise WeightsError(f"not a model bundle: {path} has no {name}") from None
+        except Exception as exc:
+            raise WeightsError(f"cannot read bundle {path}: {type(exc).__name__}: {exc}") from None
+    return files
+
+
 def read_bundle(path: str | Path) -> tuple[DualBranchNet, BundleInfo, str]:
     """(network in eval mode, bundle info, bundle id) from a bundle directory."""
-    path = Path(path)
-    config_path = path / CONFIG_FILE
-    if not config_path.is_file():
-        raise WeightsError(f"not a model bundle: {config_path} does not exist")
+    return read_bundle_files(bundle_files(path))
+
+
+def read_bundle_files(files: dict[str, bytes]) -> tuple[DualBranchNet, BundleInfo, str]:
+    """`read_bundle` on bytes already in memory (how the pipeline ships a bundle to its workers)."""
     try:
-        document = json.loads(config_path.read_text())
+        document = json.loads(files[CONFIG_FILE])
         config = ModelConfig.from_dict(document["model"])
         info = BundleInfo(**document["bundle"])
     except (ValueError, KeyError, TypeError) as exc:
-        raise WeightsError(f"{config_path} is not a valid bundle config: {exc}") from None
+        raise WeightsError(f"not a valid bundle config: {exc}") from None
     net = DualBranchNet(config)
     try:
-        missing, unexpected = net.load_state_dict(load_file(path / WEIGHTS_FILE), strict=False)
-    except (OSError, RuntimeError) as exc:
-        raise WeightsError(f"cannot load {path / WEIGHTS_FILE}: {exc}") from None
+        missing, unexpected = net.load_state_dict(load(files[WEIGHTS_FILE]), strict=False)
+    except Exception as exc:
+        raise WeightsError(f"cannot load bundle weights: {type(exc).__name__}: {exc}") from None
     if missing or unexpected:
-        raise WeightsError(f"{path} weights do not match its config: missing {missing[:5]}, "
-                           f"unexpected {unexpected[:5]}")
-    return net.eval(), info, f"{info.name}-{weights_digest(path)}"
-
-
-def weights_digest(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(Path(path) / WEIGHTS_FILE, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()[:12]
+        raise WeightsError(
+            f"bundle weights do not match its config: missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
+    digest = hashlib.sha256(files[WEIGHTS_FILE]).hexdigest()[:12]
+    return net.eval(), info, f"{info.name}-{digest}"
 
 
 def cache_dir() -> Path:
@@ -103,7 +113,7 @@ def cache_dir() -> Path:
 
 
 def default_bundle_path() -> Path:
-    """The shipped starter bundle; until one ships, a seeded random `small` bundle in the cache (untrained)."""
+    """The shipped starter bundle; until one ships, a seeded random (untrained) `small` bundle."""
     if (SHIPPED_BUNDLE / CONFIG_FILE).is_file():
         return SHIPPED_BUNDLE
     path = cache_dir() / "bundles" / "untrained-small"

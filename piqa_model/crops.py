@@ -33,7 +33,7 @@ def resize_short_side(image: Image.Image, size: int) -> Image.Image:
 
 
 def crop_views(image: Image.Image, config: ModelConfig) -> torch.Tensor:
-    """[K, 3, crop, crop] uint8: five crops (top-left, top-right, bottom-left, bottom-right, centre) or one."""
+    """[K, 3, crop, crop] uint8: five crops (4 corners then centre) or the centre one."""
     pixels = to_uint8_tensor_chw(resize_short_side(image, config.resize))
     height, width = pixels.shape[-2:]
     size = config.crop

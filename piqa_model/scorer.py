@@ -36,9 +36,7 @@ def predict(net: DualBranchNet, batch: Sequence[PreparedImage]) -> tuple[torch.T
     return scores, None if aux is None else aux.float().cpu()
 
 
-def result_fields(
-    detection: FaceDetection, score: float, aux: torch.Tensor | None
-) -> dict[str, Any]:
+def result_fields(detection: FaceDetection, score: float, aux: torch.Tensor | None) -> dict[str, Any]:
     """The per-image output fields shared by `Scorer.score` and the pipeline."""
     fields: dict[str, Any] = {
         "num_faces": detection.num_faces,
@@ -48,8 +46,9 @@ def result_fields(
     }
     if aux is not None:
         summary = summarise(aux.view(1, -1))[0]
-        fields.update(liqe_quality=summary.quality, liqe_scene=summary.scene,
-                      liqe_distortion=summary.distortion)
+        fields.update(
+            liqe_quality=summary.quality, liqe_scene=summary.scene, liqe_distortion=summary.distortion
+        )
     return fields
 
 
@@ -97,15 +96,27 @@ class Scorer:
             try:
                 image = open_image(data, self.max_pixels)
             except ImageError as exc:
-                rows.append({"status": exc.status, "error": str(exc), "width": None, "height": None,
-                             "num_faces": None, "face_box": None, "face_prob": None, "score": None})
+                rows.append(
+                    {
+                        "status": exc.status,
+                        "error": str(exc),
+                        "width": None,
+                        "height": None,
+                        "num_faces": None,
+                        "face_box": None,
+                        "face_prob": None,
+                        "score": None,
+                    }
+                )
                 continue
             rows.append({"status": "ok", "error": None, "width": image.width, "height": image.height})
             decoded.append((index, image))
         if not decoded:
             return rows
         detections = self.detector.detect([image for _, image in decoded])
-        prepared = [prepare(image, det, self.config) for (_, image), det in zip(decoded, detections, strict=True)]
+        prepared = [
+            prepare(image, det, self.config) for (_, image), det in zip(decoded, detections, strict=True)
+        ]
         scores, aux = predict(self.net, prepared)
         for slot, ((index, _), detection) in enumerate(zip(decoded, detections, strict=True)):
             rows[index].update(result_fields(detection, scores[slot], None if aux is None else aux[slot]))

@@ -1,0 +1,230 @@
+"""`piqa`: the command line. Thin: parse arguments, call the library, print, map errors to exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from pipelines.runtime import apply_local_hygiene
+
+
+class UsageError(Exception):
+    """A wrong flag or value on the command line."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse that reports a usage error in one line instead of printing the usage block."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(f"{message} (see `{self.prog} --help`)")
+
+
+def _actors(text: str) -> tuple[int, int]:
+    try:
+        low, _, high = text.partition(",")
+        return int(low), int(high or low)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected MIN,MAX or N, got {text!r}") from None
+
+
+def add_score_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "input", help="a .tar/.parquet file, or a folder/prefix of them or of images (local or s3://)"
+    )
+    parser.add_argument("--out", required=True, help="output folder/prefix for the Parquet scores")
+    parser.add_argument(
+        "--bundle", help="model bundle directory or URI (default: the shipped default bundle)"
+    )
+    parser.add_argument("--s3-endpoint", help="S3-compatible endpoint URL (default: $AWS_ENDPOINT_URL)")
+    parser.add_argument(
+        "--shard-size", type=int, default=1000, help="images per shard for a folder of images"
+    )
+    parser.add_argument("--image-column", default="jpg", help="image-bytes column of Parquet inputs")
+    parser.add_argument("--key-column", default="key", help="key column of Parquet inputs")
+    parser.add_argument("--overwrite", action="store_true", help="start over instead of resuming")
+    parser.add_argument("--batch-size", type=int, default=8, help="images per model forward")
+    parser.add_argument("--prepare-actors", type=_actors, default=(1, 4), metavar="MIN,MAX")
+    parser.add_argument("--score-actors", type=_actors, default=(1, 4), metavar="MIN,MAX")
+    parser.add_argument(
+        "--gpus-per-actor", type=float, help="GPUs per scoring actor (default: 1 if any, else CPU)"
+    )
+    parser.add_argument("--cpus-per-actor", type=float, help="CPUs per model actor (default: auto)")
+    parser.add_argument(
+        "--detect-size", type=int, default=640, help="longest side of the face-detection preview"
+    )
+    parser.add_argument("--crop-mode", choices=("five", "center"), default="five")
+    parser.add_argument(
+        "--max-pixels", type=int, default=100_000_000, help="larger images become too_large rows"
+    )
+
+
+def score_config_from_args(args: argparse.Namespace):
+    from pipelines.config import ScoreConfig
+
+    return ScoreConfig(
+        input=args.input,
+        output=args.out,
+        bundle=args.bundle,
+        s3_endpoint=args.s3_endpoint,
+        shard_size=args.shard_size,
+        image_column=args.image_column,
+        key_column=args.key_column,
+        overwrite=args.overwrite,
+        batch_size=args.batch_size,
+        prepare_actors=args.prepare_actors,
+        score_actors=args.score_actors,
+        gpus_per_actor=args.gpus_per_actor,
+        cpus_per_actor=args.cpus_per_actor,
+        detect_size=args.detect_size,
+        crop_mode=args.crop_mode,
+        max_pixels=args.max_pixels,
+    )
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    from pipelines.score import run_scoring
+
+    summary = run_scoring(score_config_from_args(args))
+    _banner_if_untrained(summary.model_trained, summary.model)
+    print(summary.line())
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from piqa_model import load_bundle
+
+    scorer = load_bundle(args.bundle)
+    paths = [Path(p) for p in args.images]
+    rows = scorer.score([p.read_bytes() if p.is_file() else b"" for p in paths])
+    for path, row in zip(paths, rows, strict=True):
+        row["image"] = str(path)
+        if not path.is_file():
+            row.update(status="read_error", error="file not found")
+    if args.json:
+        print(json.dumps({"model": scorer.bundle_id, "trained": scorer.trained, "results": rows}, indent=2))
+    else:
+        _banner_if_untrained(scorer.trained, scorer.bundle_id)
+        for row in rows:
+            score = f"{row['score']:8.4f}" if row["score"] is not None else "       -"
+            detail = (
+                f"faces={row['num_faces']}" if row["status"] == "ok" else f"{row['status']}: {row['error']}"
+            )
+            print(f"{score}  {row['image']}  {detail}")
+    return 0 if all(r["status"] == "ok" for r in rows) else 1
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    import pyarrow.dataset as pads
+
+    table = pads.dataset(args.scores, format="parquet", exclude_invalid_files=True).to_table(
+        columns=["key", "status", "score", "num_faces"]
+    )
+    rows = sorted(table.to_pylist(), key=lambda r: (r["score"] is None, -(r["score"] or 0.0)))
+    print(f"{'score':>8}  {'faces':>5}  {'status':<13} key")
+    for row in rows[: args.limit]:
+        score = f"{row['score']:8.4f}" if row["score"] is not None else "       -"
+        faces = row["num_faces"] if row["num_faces"] is not None else "-"
+        print(f"{score}  {faces:>5}  {row['status']:<13} {row['key']}")
+    if len(rows) > args.limit:
+        print(f"... {len(rows) - args.limit} more rows")
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from piqa_model import BundleInfo, import_dnpiqa, save_bundle
+
+    net = import_dnpiqa(args.checkpoint, liqe=args.liqe)
+    sources = f"checkpoint {Path(args.checkpoint).name}" + (
+        f", LIQE {Path(args.liqe).name}" if args.liqe else ""
+    )
+    info = BundleInfo(
+        name=args.name,
+        trained=True,
+        description="DN-PIQA (Sun et al., CVPRW 2024) weights released by the authors, imported unchanged.",
+        source=f"imported from the authors' {sources}",
+    )
+    path = save_bundle(net, args.out, info)
+    print(f"wrote bundle {path} ({net.config.overall.embed_dim}-dim Swin, aux={net.config.aux})")
+    if net.config.aux == "liqe" and net.liqe is None:
+        print(
+            "note: without --liqe this bundle cannot compute its LIQE features; pass --liqe LIQE.pt"
+        )
+    return 0
+
+
+def _banner_if_untrained(trained: bool, model: str) -> None:
+    if not trained:
+        line = "!" * 78
+        print(
+            f"{line}\n!! UNTRAINED MODEL '{model}': random weights, the scores below MEAN NOTHING.\n"
+            f"!! Import real weights: piqa weights import-dnpiqa --checkpoint PIQ_model.pth ...\n{line}",
+            file=sys.stderr,
+        )
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog="piqa", description="Portrait image quality scoring and curation (DN-PIQA on Ray).")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+
+    score = commands.add_parser("score", help="score image shards into Parquet (Ray Data)")
+    add_score_arguments(score)
+    score.set_defaults(run=cmd_score)
+
+    predict = commands.add_parser("predict", help="score a few image files in this process")
+    predict.add_argument("images", nargs="+")
+    predict.add_argument("--bundle", help="model bundle (default: the shipped default bundle)")
+    predict.add_argument("--json", action="store_true", help="print JSON")
+    predict.set_defaults(run=cmd_predict)
+
+    show = commands.add_parser("show", help="print a table of scores from a scoring output")
+    show.add_argument("scores", help="the output folder of `piqa score`")
+    show.add_argument("--limit", type=int, default=20)
+    show.set_defaults(run=cmd_show)
+
+    weights = commands.add_parser("weights", help="model weights").add_subparsers(
+        dest="weights_command", required=True, parser_class=Parser
+    )
+    importer = weights.add_parser("import-dnpiqa", help="import the authors' PIQ_model.pth (and LIQE.pt)")
+    importer.add_argument("--checkpoint", required=True, help="PIQ_model.pth")
+    importer.add_argument("--liqe", help="LIQE.pt (OpenAI-layout CLIP)")
+    importer.add_argument("--out", required=True, help="bundle directory to write")
+    importer.add_argument("--name", default="dn-piqa", help="bundle name")
+    importer.set_defaults(run=cmd_import)
+    return parser
+
+
+def run(
+    argv: Sequence[str] | None, parser_factory: Callable[[], argparse.ArgumentParser] = build_parser
+) -> int:
+    """Run a command; known errors become one line on stderr and a non-zero exit code."""
+    from pipelines.storage import StorageError
+    from piqa_model.errors import PiqaError
+
+    apply_local_hygiene()
+    parser = parser_factory()
+    try:
+        args = parser.parse_args(argv)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*UNTRAINED.*")  # the banner says it louder
+            return args.run(args)
+    except UsageError as exc:
+        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+        return 2
+    except (PiqaError, StorageError, ValueError) as exc:
+        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{parser.prog}: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    sys.exit(run(argv))
+
+
+if __name__ == "__main__":
+    main()

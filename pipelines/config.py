@@ -1,0 +1,44 @@
+"""The scoring job's configuration, saved in the run manifest next to the scores it produced."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from piqa_model.images import DEFAULT_MAX_PIXELS
+
+
+@dataclass(frozen=True)
+class ScoreConfig:
+    input: str
+    output: str
+    bundle: str | None = None  # None: the default bundle
+    s3_endpoint: str | None = None
+    shard_size: int = 1000  # images per virtual shard when the input is a folder of files
+    image_column: str = "jpg"
+    key_column: str = "key"
+    overwrite: bool = False
+    batch_size: int = 8  # images per model forward
+    prepare_actors: tuple[int, int] = (1, 4)
+    score_actors: tuple[int, int] = (1, 4)
+    gpus_per_actor: float | None = None  # None: 1 when the cluster has GPUs, else CPU
+    cpus_per_actor: float | None = None  # None: 1 beside a GPU; without GPUs, a node's CPUs less the readers'
+    detect_size: int = 640
+    crop_mode: Literal["five", "center"] = "five"
+    max_pixels: int = DEFAULT_MAX_PIXELS
+
+    def __post_init__(self) -> None:
+        for name in ("prepare_actors", "score_actors"):
+            low, high = getattr(self, name)
+            if not 1 <= low <= high:
+                raise ValueError(f"{name} must be MIN,MAX with 1 <= MIN <= MAX, got {low},{high}")
+        if self.batch_size < 1 or self.shard_size < 1:
+            raise ValueError("batch_size and shard_size must be at least 1")
+        if self.gpus_per_actor is not None and self.gpus_per_actor < 0:
+            raise ValueError("gpus_per_actor must not be negative")
+        if self.crop_mode not in ("five", "center"):
+            raise ValueError(f"crop_mode must be 'five' or 'center', got {self.crop_mode!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)

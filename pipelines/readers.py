@@ -1,0 +1,100 @@
+"""Reading the records of one shard. A record is the bytes of one image plus its identity.
+
+Reading never raises for a bad record: an unreadable member becomes a record with status `read_error`,
+so every input still yields exactly one output row.
+"""
+
+from __future__ import annotations
+
+import io
+import posixpath
+import tarfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pyarrow.parquet as pq
+
+from pipelines.shards import Shard, image_extension
+from pipelines.storage import Storage
+
+
+@dataclass
+class Record:
+    key: str
+    source: str
+    data: bytes | None
+    error: str | None = None  # set when the bytes could not be read
+
+
+def read_records(
+    shard: Shard, storage: Storage, image_column: str = "jpg", key_column: str = "key"
+) -> list[Record]:
+    """Every record of `shard`, in shard order."""
+    if shard.kind == "files":
+        return [_read_file(uri, shard.source, storage) for uri in shard.files]
+    try:
+        payload = storage.read_bytes(shard.source)
+    except Exception as exc:
+        return [Record(shard.shard_id, shard.source, None, f"cannot read shard: {type(exc).__name__}: {exc}")]
+    if shard.kind == "tar":
+        return list(_tar_records(payload, shard.source))
+    return list(_parquet_records(payload, shard.source, image_column, key_column))
+
+
+def _read_file(uri: str, prefix: str, storage: Storage) -> Record:
+    key = posixpath.relpath(uri, prefix) if uri.startswith(prefix) else uri
+    try:
+        return Record(key, uri, storage.read_bytes(uri))
+    except Exception as exc:
+        return Record(key, uri, None, f"{type(exc).__name__}: {exc}")
+
+
+def _tar_records(payload: bytes, source: str) -> Iterator[Record]:
+    """Image members of a tar; a tar that breaks off midway yields what was readable plus one error row."""
+    try:
+        archive = tarfile.open(fileobj=io.BytesIO(payload), mode="r:")  # noqa: SIM115 (closed below)
+    except tarfile.TarError as exc:
+        yield Record(posixpath.basename(source), source, None, f"not a readable tar file: {exc}")
+        return
+    with archive:
+        try:
+            for member in archive:
+                if not member.isfile() or image_extension(member.name) is None:
+                    continue
+                key = member.name.rsplit(".", 1)[0]
+                try:
+                    handle = archive.extractfile(member)
+                    data = handle.read() if handle is not None else None
+                    if data is None or len(data) != member.size:
+                        raise tarfile.ReadError(f"member truncated ({member.size} bytes expected)")
+                    yield Record(key, source, data)
+                except (tarfile.TarError, OSError) as exc:
+                    yield Record(key, source, None, f"corrupt tar member: {exc}")
+        except (tarfile.TarError, OSError) as exc:
+            yield Record(
+                f"{posixpath.basename(source)}@{archive.offset}", source, None, f"corrupt tar: {exc}"
+            )
+
+
+def _parquet_records(payload: bytes, source: str, image_column: str, key_column: str) -> Iterator[Record]:
+    try:
+        table = pq.read_table(io.BytesIO(payload))
+    except Exception as exc:
+        yield Record(posixpath.basename(source), source, None, f"not a readable parquet file: {exc}")
+        return
+    if image_column not in table.column_names:
+        columns = ", ".join(table.column_names)
+        yield Record(
+            posixpath.basename(source),
+            source,
+            None,
+            f"no image column '{image_column}' (columns: {columns}); set --image-column",
+        )
+        return
+    images = table.column(image_column).to_pylist()
+    keys = table.column(key_column).to_pylist() if key_column in table.column_names else range(len(images))
+    for key, data in zip(keys, images, strict=True):
+        if data is None:
+            yield Record(str(key), source, None, "no image bytes in this row")
+        else:
+            yield Record(str(key), source, bytes(data))

@@ -1,0 +1,55 @@
+"""Starting or joining Ray with the environment every worker needs.
+
+Local runs get the network-hygiene variables (no telemetry, no cloud-metadata probes); variables that
+workers must share with the driver (the S3 endpoint, AWS region and credentials, MLflow URI) travel in
+the runtime environment, so Ray workers and Ray Train's controller see them on every node.
+"""
+
+from __future__ import annotations
+
+import os
+
+import ray
+
+HYGIENE_ENV = {
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "DO_NOT_TRACK": "true",
+    "AWS_EC2_METADATA_DISABLED": "true",
+    "HF_HUB_OFFLINE": "1",
+    "HTTP_PROXY": "http://127.0.0.1:9",
+    "HTTPS_PROXY": "http://127.0.0.1:9",
+    "NO_PROXY": "127.0.0.1,localhost",
+    "RAY_AUTH_MODE": "disabled",
+}
+"""Defaults for local runs only: a variable already set (e.g. on a cluster) wins."""
+
+SHARED_ENV = (
+    "AWS_ENDPOINT_URL",
+    "AWS_DEFAULT_REGION",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "MLFLOW_TRACKING_URI",
+    "PIQA_CACHE_DIR",
+    *HYGIENE_ENV,
+)
+
+
+def apply_local_hygiene() -> None:
+    """Set the hygiene defaults in this process (before Ray or any client library starts)."""
+    for name, value in HYGIENE_ENV.items():
+        os.environ.setdefault(name, value)
+
+
+def ensure_ray() -> None:
+    """Join the cluster named by RAY_ADDRESS (as `ray job submit` sets it) or start a local one."""
+    if ray.is_initialized():
+        return
+    if os.environ.get("RAY_ADDRESS"):
+        # A cluster (e.g. under `ray job submit`): its runtime environment is the submitter's to set.
+        ray.init(log_to_driver=False)
+        return
+    apply_local_hygiene()
+    env_vars = {name: os.environ[name] for name in SHARED_ENV if name in os.environ}
+    ray.init(runtime_env={"env_vars": env_vars}, log_to_driver=False, include_dashboard=False)

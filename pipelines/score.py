@@ -1,0 +1,213 @@
+"""The scoring job: shards from object storage -> Ray Data (read, prepare, score) -> Parquet per shard."""
+
+from __future__ import annotations
+
+import json
+import math
+import posixpath
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import ray
+from ray.data import ActorPoolStrategy
+
+from pipelines.config import ScoreConfig
+from pipelines.runtime import ensure_ray
+from pipelines.shards import Shard, list_shards
+from pipelines.stages import Prepare, PrepareAndScore, Score, read_shards, shard_rows
+from pipelines.storage import Storage
+from pipelines.writer import ShardCommitter, shard_output_uri
+from piqa_model import ModelConfig
+from piqa_model.bundle import (
+    CONFIG_FILE,
+    bundle_files,
+    default_bundle_path,
+    read_bundle_files,
+    warn_if_untrained,
+)
+
+MANIFEST = "_manifest.json"
+READ_TASK_CPUS = 0.25
+
+
+class IncompleteRunError(RuntimeError):
+    """The dataset ended with shards still missing rows (should never happen; rerun to resume)."""
+
+
+@dataclass
+class RunSummary:
+    output: str
+    model: str
+    model_trained: bool
+    shards_total: int
+    shards_skipped: int
+    shards_written: int
+    counts: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    @property
+    def images(self) -> int:
+        return sum(self.counts.values())
+
+    @property
+    def images_per_second(self) -> float:
+        return self.images / self.seconds if self.seconds > 0 else 0.0
+
+    def line(self) -> str:
+        ok = self.counts.get("ok", 0)
+        return (
+            f"scored {self.images} images ({ok} ok, {self.images - ok} errors) in {self.seconds:.1f} s, "
+            f"{self.images_per_second:.2f} images/s; {self.shards_written} shards written, "
+            f"{self.shards_skipped} already done; output: {self.output}"
+        )
+
+
+def run_scoring(config: ScoreConfig) -> RunSummary:
+    """Score every unfinished shard of `config.input` into `config.output`; see the package docs.
+
+    Fails before any work (StorageError, WeightsError) on a missing input, an unwritable output or
+    an unreadable bundle.
+    """
+    started = time.time()
+    storage = Storage.from_environment(config.s3_endpoint)
+    shards = list_shards(config.input, storage, config.shard_size)
+    storage.check_writable(config.output)
+    files = bundle_files(config.bundle or default_bundle_path())
+    _, info, bundle_id = read_bundle_files(files)
+    warn_if_untrained(info)
+    model_config = ModelConfig.from_dict(json.loads(files[CONFIG_FILE])["model"]).replace(
+        crop_mode=config.crop_mode
+    )
+    if config.overwrite:
+        _clear_outputs(config.output, storage)
+    done = _finished_shards(config.output, storage)
+    todo = [shard for shard in shards if shard.shard_id not in done]
+
+    committer = ShardCommitter(config.output, storage, with_liqe=model_config.aux == "liqe")
+    if todo:
+        ensure_ray()
+        for batch in _build_dataset(todo, config, storage, model_config, files).iter_batches(
+            batch_format="pyarrow", batch_size=None
+        ):
+            committer.add(batch)
+        if committer.pending:
+            raise IncompleteRunError(
+                f"shards left incomplete: {sorted(committer.pending)[:5]}; rerun to resume"
+            )
+    summary = RunSummary(
+        output=config.output,
+        model=bundle_id,
+        model_trained=info.trained,
+        shards_total=len(shards),
+        shards_skipped=len(shards) - len(todo),
+        shards_written=len(committer.committed),
+        counts=dict(committer.counts),
+        seconds=time.time() - started,
+    )
+    _write_manifest(config, summary, storage)
+    return summary
+
+
+def _build_dataset(
+    shards: list[Shard], config: ScoreConfig, storage: Storage, model_config: ModelConfig, files: dict
+) -> ray.data.Dataset:
+    resources = ray.cluster_resources()
+    gpus = config.gpus_per_actor
+    if gpus is None:
+        gpus = 1.0 if resources.get("GPU", 0) > 0 else 0.0
+    ds = ray.data.from_items(shard_rows(shards), override_num_blocks=len(shards))
+    ds = ds.map_batches(
+        read_shards,
+        batch_size=1,
+        batch_format="numpy",
+        num_cpus=READ_TASK_CPUS,
+        fn_kwargs=dict(
+            storage=storage,
+            image_column=config.image_column,
+            key_column=config.key_column,
+            chunk_size=config.batch_size,
+        ),
+    )
+    prepare_args = dict(config=model_config, detect_size=config.detect_size, max_pixels=config.max_pixels)
+    if gpus > 0:
+        cpus = config.cpus_per_actor or 1.0
+        ds = ds.map_batches(
+            Prepare,
+            fn_constructor_kwargs=prepare_args,
+            compute=_pool(config.prepare_actors),
+            batch_size=config.batch_size,
+            batch_format="numpy",
+            num_cpus=cpus,
+        )
+        return ds.map_batches(
+            Score,
+            fn_constructor_kwargs=dict(bundle_files=files, threads=math.ceil(cpus)),
+            compute=_pool(config.score_actors),
+            batch_size=config.batch_size,
+            batch_format="numpy",
+            num_cpus=cpus,
+            num_gpus=gpus,
+        )
+    # No GPU: fused actors that leave CPU for the read tasks (a pool holding every CPU starves them).
+    node_cpus = min(n["Resources"].get("CPU", 1.0) for n in ray.nodes() if n["Alive"])
+    cpus = config.cpus_per_actor or max(READ_TASK_CPUS, node_cpus - READ_TASK_CPUS)
+    slots = max(1, int((resources.get("CPU", 1.0) - READ_TASK_CPUS) // cpus))
+    low, high = config.score_actors
+    return ds.map_batches(
+        PrepareAndScore,
+        fn_constructor_kwargs=dict(prepare_args, bundle_files=files, threads=math.ceil(cpus)),
+        compute=_pool((min(low, slots), min(high, slots))),
+        batch_size=config.batch_size,
+        batch_format="numpy",
+        num_cpus=cpus,
+    )
+
+
+def _pool(sizes: tuple[int, int]) -> ActorPoolStrategy:
+    low, high = sizes
+    return ActorPoolStrategy(min_size=low, max_size=high)
+
+
+def _finished_shards(output: str, storage: Storage) -> set[str]:
+    fs, root = storage.filesystem(output)
+    if not fs.exists(root):
+        return set()
+    return {
+        posixpath.basename(p)[: -len(".parquet")]
+        for p in fs.glob(posixpath.join(root, "*.parquet"))
+        if not posixpath.basename(p).startswith((".", "_"))
+    }
+
+
+def _clear_outputs(output: str, storage: Storage) -> None:
+    fs, root = storage.filesystem(output)
+    for path in fs.glob(posixpath.join(root, "*.parquet")) + fs.glob(posixpath.join(root, MANIFEST)):
+        fs.rm_file(path)
+
+
+def _write_manifest(config: ScoreConfig, summary: RunSummary, storage: Storage) -> None:
+    document: dict[str, Any] = {
+        "input": config.input,
+        "output": config.output,
+        "model": summary.model,
+        "model_trained": summary.model_trained,
+        "config": config.to_dict(),
+        "shards": {
+            "total": summary.shards_total,
+            "skipped_already_done": summary.shards_skipped,
+            "written": summary.shards_written,
+        },
+        "counts_this_run": summary.counts,
+        "images_this_run": summary.images,
+        "seconds": round(summary.seconds, 3),
+        "images_per_second": round(summary.images_per_second, 3),
+        "finished_at": datetime.now(UTC).isoformat(),
+        "shard_files": [
+            shard_output_uri(config.output, s) for s in sorted(_finished_shards(config.output, storage))
+        ],
+    }
+    storage.write_atomic(
+        posixpath.join(config.output.rstrip("/"), MANIFEST), json.dumps(document, indent=2).encode()
+    )

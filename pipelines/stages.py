@@ -1,0 +1,176 @@
+"""The pipeline's steps as Ray Data callables: read (tasks), prepare and score (actor pools).
+
+Each step is a thin shell around `piqa_model`: the numbers come from the same functions `Scorer` uses.
+Per-image results travel as a small JSON column (`meta`) so that error rows and nulls need no
+sentinels; crops travel as uint8 tensor columns between `Prepare` and `Score`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from pipelines.readers import read_records
+from pipelines.shards import Shard
+from pipelines.storage import Storage
+from piqa_model import ImageError, ModelConfig, PreparedImage, open_image, predict, prepare
+from piqa_model.bundle import read_bundle_files
+from piqa_model.faces import FaceDetection, FaceDetector
+from piqa_model.scorer import result_fields
+
+ID_COLUMNS = ("key", "source", "shard", "index", "shard_total")
+RECORD_SCHEMA = pa.schema(
+    [
+        ("key", pa.string()),
+        ("source", pa.string()),
+        ("shard", pa.string()),
+        ("index", pa.int64()),
+        ("shard_total", pa.int64()),
+        ("data", pa.binary()),
+        ("read_error", pa.string()),
+    ]
+)
+
+
+def shard_rows(shards: list[Shard]) -> list[dict[str, Any]]:
+    """The items of the dataset the pipeline starts from: one per shard."""
+    return [
+        {"shard_id": s.shard_id, "kind": s.kind, "source": s.source, "files": list(s.files)} for s in shards
+    ]
+
+
+def read_shards(
+    batch: dict[str, np.ndarray], *, storage: Storage, image_column: str, key_column: str, chunk_size: int
+) -> Iterator[pa.Table]:
+    """Task: shard rows in, their records out in chunks of `chunk_size`."""
+    for shard_id, kind, source, files in zip(
+        batch["shard_id"], batch["kind"], batch["source"], batch["files"], strict=True
+    ):
+        shard = Shard(str(shard_id), kind, str(source), tuple(str(f) for f in files))
+        records = read_records(shard, storage, image_column, key_column)
+        for start in range(0, len(records), chunk_size):
+            chunk = records[start : start + chunk_size]
+            yield pa.Table.from_pydict(
+                {
+                    "key": [r.key for r in chunk],
+                    "source": [r.source for r in chunk],
+                    "shard": [shard.shard_id] * len(chunk),
+                    "index": list(range(start, start + len(chunk))),
+                    "shard_total": [len(records)] * len(chunk),
+                    "data": [r.data for r in chunk],
+                    "read_error": [r.error for r in chunk],
+                },
+                schema=RECORD_SCHEMA,
+            )
+
+
+class Prepare:
+    """Actor: decode, detect faces (MTCNN held once per actor), cut crops and LIQE patches."""
+
+    def __init__(self, config: ModelConfig, detect_size: int, max_pixels: int, device: str = "cpu") -> None:
+        self.config, self.max_pixels = config, max_pixels
+        self.detector = FaceDetector(detect_size, device=device)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        metas: list[dict[str, Any]] = []
+        decoded: list[tuple[int, Any]] = []
+        for slot, (data, read_error) in enumerate(zip(batch["data"], batch["read_error"], strict=True)):
+            if read_error is not None or data is None:
+                metas.append({"status": "read_error", "error": read_error or "no bytes"})
+                continue
+            try:
+                image = open_image(bytes(data), self.max_pixels)
+            except ImageError as exc:
+                metas.append({"status": exc.status, "error": str(exc)})
+                continue
+            except Exception as exc:  # a decoder bug must not stop the job: record it
+                metas.append({"status": "decode_error", "error": f"{type(exc).__name__}: {exc}"})
+                continue
+            metas.append({"status": "ok", "error": None, "width": image.width, "height": image.height})
+            decoded.append((slot, image))
+        detections = self.detector.detect([image for _, image in decoded]) if decoded else []
+        prepared: dict[int, PreparedImage] = {}
+        for (slot, image), detection in zip(decoded, detections, strict=True):
+            prepared[slot] = prepare(image, detection, self.config)
+            metas[slot]["detection"] = [detection.num_faces, detection.box, detection.prob]
+        out = {name: batch[name] for name in ID_COLUMNS}
+        out["meta"] = np.array([json.dumps(m) for m in metas], dtype=object)
+        out.update(_stack_inputs(prepared, len(metas), self.config))
+        return out
+
+
+def _stack_inputs(
+    prepared: dict[int, PreparedImage], size: int, config: ModelConfig
+) -> dict[str, np.ndarray]:
+    """Uniform uint8 tensor columns; rows without an image carry zeros (they are never scored)."""
+    crops = 5 if config.crop_mode == "five" else 1
+    shape = (size, crops, 3, config.crop, config.crop)
+    columns = {"overall": np.zeros(shape, np.uint8), "face": np.zeros(shape, np.uint8)}
+    if config.aux == "liqe" and config.liqe is not None:
+        liqe = config.liqe
+        columns["patches"] = np.zeros((size, liqe.num_patches, 3, liqe.patch_size, liqe.patch_size), np.uint8)
+    for slot, item in prepared.items():
+        columns["overall"][slot] = item.overall.numpy()
+        columns["face"][slot] = item.face.numpy()
+        if "patches" in columns and item.liqe_patches is not None:
+            columns["patches"][slot] = item.liqe_patches.numpy()
+    return columns
+
+
+class Score:
+    """Actor: the network (weights shipped from the driver) scores the prepared rows of a batch."""
+
+    def __init__(self, bundle_files: dict[str, bytes], threads: int = 1, device: str = "auto") -> None:
+        torch.set_num_threads(threads)
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.net, _, self.bundle_id = read_bundle_files(bundle_files)
+        self.net.to(device)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        metas = [json.loads(m) for m in batch["meta"]]
+        ok = [slot for slot, meta in enumerate(metas) if meta["status"] == "ok"]
+        if ok:
+            items = [
+                PreparedImage(
+                    torch.from_numpy(np.ascontiguousarray(batch["overall"][slot])),
+                    torch.from_numpy(np.ascontiguousarray(batch["face"][slot])),
+                    torch.from_numpy(np.ascontiguousarray(batch["patches"][slot]))
+                    if "patches" in batch
+                    else None,
+                )
+                for slot in ok
+            ]
+            scores, aux = predict(self.net, items)
+            for position, slot in enumerate(ok):
+                num_faces, box, prob = metas[slot].pop("detection")
+                detection = FaceDetection(num_faces, tuple(box) if box else None, prob)
+                aux_row = None if aux is None else aux[position]
+                metas[slot].update(result_fields(detection, float(scores[position]), aux_row))
+        out = {name: batch[name] for name in ID_COLUMNS}
+        out["meta"] = np.array([json.dumps(m) for m in metas], dtype=object)
+        out["model"] = np.array([self.bundle_id] * len(metas), dtype=object)
+        return out
+
+
+class PrepareAndScore:
+    """Actor for clusters without GPUs: both steps in one process, so crops never cross the object store."""
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        detect_size: int,
+        max_pixels: int,
+        bundle_files: dict[str, bytes],
+        threads: int,
+    ) -> None:
+        self.prepare = Prepare(config, detect_size, max_pixels)
+        self.score = Score(bundle_files, threads=threads, device="cpu")
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return self.score(self.prepare(batch))

@@ -1,0 +1,104 @@
+"""Per-shard output: collect a shard's rows as they stream in, commit its Parquet when the last arrives.
+
+A shard's file is written once, whole and atomically (see `Storage.write_atomic`), as soon as every
+record of the shard has a result; a reader never sees a partial file, and a rerun treats an existing
+file as done. Rows are keyed by their position in the shard, so a retried batch cannot double a row.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import posixpath
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipelines.storage import Storage
+
+OUTPUT_SCHEMA = pa.schema(
+    [
+        ("key", pa.string()),
+        ("source", pa.string()),
+        ("shard", pa.string()),
+        ("status", pa.string()),
+        ("error", pa.string()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("num_faces", pa.int32()),
+        ("face_box", pa.list_(pa.float32(), 4)),
+        ("face_prob", pa.float32()),
+        ("score", pa.float32()),
+        ("liqe_quality", pa.float32()),
+        ("liqe_scene", pa.string()),
+        ("liqe_distortion", pa.string()),
+        ("model", pa.string()),
+        ("scored_at", pa.timestamp("us", tz="UTC")),
+    ]
+)
+LIQE_COLUMNS = ("liqe_quality", "liqe_scene", "liqe_distortion")
+
+
+def shard_output_uri(output: str, shard_id: str) -> str:
+    return posixpath.join(output.rstrip("/"), f"{shard_id}.parquet")
+
+
+@dataclass
+class ShardCommitter:
+    output: str
+    storage: Storage
+    with_liqe: bool
+    pending: dict[str, dict[int, dict[str, Any]]] = field(default_factory=dict)
+    counts: Counter = field(default_factory=Counter)
+    committed: list[str] = field(default_factory=list)
+
+    @property
+    def schema(self) -> pa.Schema:
+        if self.with_liqe:
+            return OUTPUT_SCHEMA
+        return pa.schema([f for f in OUTPUT_SCHEMA if f.name not in LIQE_COLUMNS])
+
+    def add(self, batch: pa.Table) -> None:
+        """Take a batch of scored rows; commit every shard it completes."""
+        now = datetime.now(UTC)
+        touched = set()
+        for row in batch.to_pylist():
+            meta = json.loads(row["meta"])
+            shard = row["shard"]
+            self.pending.setdefault(shard, {})[row["index"]] = {
+                "key": row["key"],
+                "source": row["source"],
+                "shard": shard,
+                "status": meta["status"],
+                "error": meta.get("error"),
+                "width": meta.get("width"),
+                "height": meta.get("height"),
+                "num_faces": meta.get("num_faces"),
+                "face_box": meta.get("face_box"),
+                "face_prob": meta.get("face_prob"),
+                "score": meta.get("score"),
+                **{name: meta.get(name) for name in LIQE_COLUMNS if self.with_liqe},
+                "model": row["model"],
+                "scored_at": now,
+                "_total": row["shard_total"],
+            }
+            touched.add(shard)
+        for shard in touched:
+            rows = self.pending[shard]
+            if len(rows) == next(iter(rows.values()))["_total"]:
+                self._commit(shard, [rows[i] for i in sorted(rows)])
+                del self.pending[shard]
+
+    def _commit(self, shard: str, rows: list[dict[str, Any]]) -> None:
+        for row in rows:
+            row.pop("_total")
+        self.counts.update(row["status"] for row in rows)
+        table = pa.Table.from_pylist(rows, schema=self.schema)
+        buffer = io.BytesIO()
+        pq.write_table(table, buffer, compression="zstd")
+        self.storage.write_atomic(shard_output_uri(self.output, shard), buffer.getvalue())
+        self.committed.append(shard)
