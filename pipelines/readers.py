@@ -64,16 +64,16 @@ def _tar_records(payload: bytes, source: str) -> Iterator[Record]:
                 key = member.name.rsplit(".", 1)[0]
                 try:
                     handle = archive.extractfile(member)
-                    data = handle.read() if handle is not None else None
-                    if data is None or len(data) != member.size:
-                        raise tarfile.ReadError(f"member truncated ({member.size} bytes expected)")
-                    yield Record(key, source, data)
+                    data = handle.read() if handle is not None else b""
+                    if len(data) != member.size:
+                        raise tarfile.ReadError(f"{len(data)} of {member.size} bytes")
                 except (tarfile.TarError, OSError) as exc:
+                    # The archive breaks inside this member: nothing after it can be read.
                     yield Record(key, source, None, f"corrupt tar member: {exc}")
+                    return
+                yield Record(key, source, data)
         except (tarfile.TarError, OSError) as exc:
-            yield Record(
-                f"{posixpath.basename(source)}@{archive.offset}", source, None, f"corrupt tar: {exc}"
-            )
+            yield Record(f"{posixpath.basename(source)}@{archive.offset}", source, None, f"corrupt tar: {exc}")
 
 
 def _parquet_records(payload: bytes, source: str, image_column: str, key_column: str) -> Iterator[Record]:

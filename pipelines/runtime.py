@@ -46,7 +46,7 @@ def ensure_ray() -> None:
     """Join the cluster named by RAY_ADDRESS (as `ray job submit` sets it) or start a local one."""
     if ray.is_initialized():
         return
-    if os.environ.get("RAY_ADDRESS"):
+    if os.environ.get("RAY_ADDRESS", "local") != "local":
         # A cluster (e.g. under `ray job submit`): its runtime environment is the submitter's to set.
         ray.init(log_to_driver=False)
         return

@@ -30,7 +30,7 @@ OUTPUT_SCHEMA = pa.schema(
         ("width", pa.int32()),
         ("height", pa.int32()),
         ("num_faces", pa.int32()),
-        ("face_box", pa.list_(pa.float32(), 4)),
+        ("face_box", pa.list_(pa.float32())),  # fixed-size lists with nulls trip pyarrow readers
         ("face_prob", pa.float32()),
         ("score", pa.float32()),
         ("liqe_quality", pa.float32()),

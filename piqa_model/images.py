@@ -39,6 +39,9 @@ def open_image(data: bytes | Image.Image, max_pixels: int = DEFAULT_MAX_PIXELS) 
         try:
             image = Image.open(io.BytesIO(data))
         except UnidentifiedImageError:
+            unsupported = _sniff_unsupported_format(data)
+            if unsupported:
+                raise UnsupportedImageError(f"{unsupported} images are not supported; convert them to JPEG") from None
             raise ImageDecodeError("not a recognised image format") from None
         except Exception as exc:  # PIL raises many types for malformed headers
             raise ImageDecodeError(f"unreadable image header: {exc}") from None
@@ -57,6 +60,18 @@ def open_image(data: bytes | Image.Image, max_pixels: int = DEFAULT_MAX_PIXELS) 
     except Exception as exc:
         raise ImageDecodeError(f"cannot decode image: {exc}") from None
     return to_rgb(image)
+
+
+_ISO_BMFF_BRANDS = {b"heic": "HEIC", b"heix": "HEIC", b"mif1": "HEIF", b"msf1": "HEIF", b"avif": "AVIF"}
+
+
+def _sniff_unsupported_format(data: bytes) -> str | None:
+    """Name a real image format this Pillow build cannot read (HEIC/HEIF/AVIF, JPEG XL), from magic bytes."""
+    if data[4:8] == b"ftyp" and data[8:12] in _ISO_BMFF_BRANDS:
+        return _ISO_BMFF_BRANDS[data[8:12]]
+    if data[:2] == b"\xff\x0a" or data[:12] == b"\x00\x00\x00\x0cJXL \r\n\x87\n":
+        return "JPEG XL"
+    return None
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

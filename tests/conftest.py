@@ -1,6 +1,14 @@
+"""Shared test fixtures. Network hygiene is set here, before Ray, botocore or MLflow are imported."""
+
+import os
 from pathlib import Path
 
 import pytest
+
+from pipelines.runtime import HYGIENE_ENV
+
+os.environ.update(HYGIENE_ENV)
+os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 
 SHARED_DIR = Path(__file__).parents[1].parent / "shared"
 
@@ -27,3 +35,45 @@ def portrait_paths(shared_dir: Path) -> dict[str, list[Path]]:
         "london": sorted((portraits / "london").glob("*.jpg"))[:3],
         "congress": sorted((portraits / "congress").glob("*.jpg"))[:3],
     }
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> str:
+    """A real S3-protocol server (moto's server mode) on loopback, with dummy credentials.
+
+    AWS_ENDPOINT_URL is set before any Ray cluster starts, so Ray workers inherit it.
+    """
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    os.environ.update(
+        AWS_ENDPOINT_URL=endpoint, AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing"
+    )
+    yield endpoint
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def ray_local(s3_endpoint: str):
+    """A real local Ray cluster (2 CPUs) for in-process pipeline runs."""
+    import ray
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return Path(__file__).parents[1]

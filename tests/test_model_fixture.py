@@ -119,7 +119,7 @@ IMPORT_WITHOUT_LIQE_BUG = pytest.mark.xfail(
     raises=piqa_model.ConfigError,
     strict=True,
     reason="BUG: import_dnpiqa(checkpoint) without liqe builds ModelConfig(aux='liqe', liqe=None), "
-    "which ModelConfig.__post_init__ rejects ('aux=\'liqe\' needs a liqe configuration')",
+    "which ModelConfig.__post_init__ rejects ('aux='liqe' needs a liqe configuration')",
 )
 
 
