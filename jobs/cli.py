@@ -32,34 +32,22 @@ def _actors(text: str) -> tuple[int, int]:
 
 
 def add_score_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "input", help="a .tar/.parquet file, or a folder/prefix of them or of images (local or s3://)"
-    )
+    parser.add_argument("input", help="a .tar/.parquet file, or a folder/prefix of them or of images (local or s3://)")
     parser.add_argument("--out", required=True, help="output folder/prefix for the Parquet scores")
-    parser.add_argument(
-        "--bundle", help="model bundle directory or URI (default: the shipped default bundle)"
-    )
+    parser.add_argument("--bundle", help="model bundle directory or URI (default: the shipped default bundle)")
     parser.add_argument("--s3-endpoint", help="S3-compatible endpoint URL (default: $AWS_ENDPOINT_URL)")
-    parser.add_argument(
-        "--shard-size", type=int, default=1000, help="images per shard for a folder of images"
-    )
+    parser.add_argument("--shard-size", type=int, default=1000, help="images per shard for a folder of images")
     parser.add_argument("--image-column", default="jpg", help="image-bytes column of Parquet inputs")
     parser.add_argument("--key-column", default="key", help="key column of Parquet inputs")
     parser.add_argument("--overwrite", action="store_true", help="start over instead of resuming")
     parser.add_argument("--batch-size", type=int, default=8, help="images per model forward")
     parser.add_argument("--prepare-actors", type=_actors, default=(1, 4), metavar="MIN,MAX")
     parser.add_argument("--score-actors", type=_actors, default=(1, 4), metavar="MIN,MAX")
-    parser.add_argument(
-        "--gpus-per-actor", type=float, help="GPUs per scoring actor (default: 1 if any, else CPU)"
-    )
+    parser.add_argument("--gpus-per-actor", type=float, help="GPUs per scoring actor (default: 1 if any, else CPU)")
     parser.add_argument("--cpus-per-actor", type=float, help="CPUs per model actor (default: auto)")
-    parser.add_argument(
-        "--detect-size", type=int, default=640, help="longest side of the face-detection preview"
-    )
+    parser.add_argument("--detect-size", type=int, default=640, help="longest side of the face-detection preview")
     parser.add_argument("--crop-mode", choices=("five", "center"), default="five")
-    parser.add_argument(
-        "--max-pixels", type=int, default=100_000_000, help="larger images become too_large rows"
-    )
+    parser.add_argument("--max-pixels", type=int, default=100_000_000, help="larger images become too_large rows")
 
 
 def score_config_from_args(args: argparse.Namespace):
@@ -110,9 +98,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         _banner_if_untrained(scorer.trained, scorer.bundle_id)
         for row in rows:
             score = f"{row['score']:8.4f}" if row["score"] is not None else "       -"
-            detail = (
-                f"faces={row['num_faces']}" if row["status"] == "ok" else f"{row['status']}: {row['error']}"
-            )
+            detail = f"faces={row['num_faces']}" if row["status"] == "ok" else f"{row['status']}: {row['error']}"
             print(f"{score}  {row['image']}  {detail}")
     return 0 if all(r["status"] == "ok" for r in rows) else 1
 
@@ -138,9 +124,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     from piqa_model import BundleInfo, import_dnpiqa, save_bundle
 
     net = import_dnpiqa(args.checkpoint, liqe=args.liqe)
-    sources = f"checkpoint {Path(args.checkpoint).name}" + (
-        f", LIQE {Path(args.liqe).name}" if args.liqe else ""
-    )
+    sources = f"checkpoint {Path(args.checkpoint).name}" + (f", LIQE {Path(args.liqe).name}" if args.liqe else "")
     info = BundleInfo(
         name=args.name,
         trained=True,
@@ -150,9 +134,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     path = save_bundle(net, args.out, info)
     print(f"wrote bundle {path} ({net.config.overall.embed_dim}-dim Swin, aux={net.config.aux})")
     if net.config.aux == "liqe" and net.liqe is None:
-        print(
-            "note: without --liqe this bundle cannot compute its LIQE features; pass --liqe LIQE.pt"
-        )
+        print("note: without --liqe this bundle cannot compute its LIQE features; pass --liqe LIQE.pt")
     return 0
 
 
@@ -197,9 +179,7 @@ def build_parser() -> Parser:
     return parser
 
 
-def run(
-    argv: Sequence[str] | None, parser_factory: Callable[[], argparse.ArgumentParser] = build_parser
-) -> int:
+def run(argv: Sequence[str] | None, parser_factory: Callable[[], argparse.ArgumentParser] = build_parser) -> int:
     """Run a command; known errors become one line on stderr and a non-zero exit code."""
     from pipelines.storage import StorageError
     from piqa_model.errors import PiqaError

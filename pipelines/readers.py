@@ -26,9 +26,7 @@ class Record:
     error: str | None = None  # set when the bytes could not be read
 
 
-def read_records(
-    shard: Shard, storage: Storage, image_column: str = "jpg", key_column: str = "key"
-) -> list[Record]:
+def read_records(shard: Shard, storage: Storage, image_column: str = "jpg", key_column: str = "key") -> list[Record]:
     """Every record of `shard`, in shard order."""
     if shard.kind == "files":
         return [_read_file(uri, shard.source, storage) for uri in shard.files]

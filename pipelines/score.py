@@ -77,9 +77,7 @@ def run_scoring(config: ScoreConfig) -> RunSummary:
     files = bundle_files(config.bundle or default_bundle_path())
     _, info, bundle_id = read_bundle_files(files)
     warn_if_untrained(info)
-    model_config = ModelConfig.from_dict(json.loads(files[CONFIG_FILE])["model"]).replace(
-        crop_mode=config.crop_mode
-    )
+    model_config = ModelConfig.from_dict(json.loads(files[CONFIG_FILE])["model"]).replace(crop_mode=config.crop_mode)
     if config.overwrite:
         _clear_outputs(config.output, storage)
     done = _finished_shards(config.output, storage)
@@ -93,9 +91,7 @@ def run_scoring(config: ScoreConfig) -> RunSummary:
         ):
             committer.add(batch)
         if committer.pending:
-            raise IncompleteRunError(
-                f"shards left incomplete: {sorted(committer.pending)[:5]}; rerun to resume"
-            )
+            raise IncompleteRunError(f"shards left incomplete: {sorted(committer.pending)[:5]}; rerun to resume")
     summary = RunSummary(
         output=config.output,
         model=bundle_id,
@@ -204,10 +200,6 @@ def _write_manifest(config: ScoreConfig, summary: RunSummary, storage: Storage) 
         "seconds": round(summary.seconds, 3),
         "images_per_second": round(summary.images_per_second, 3),
         "finished_at": datetime.now(UTC).isoformat(),
-        "shard_files": [
-            shard_output_uri(config.output, s) for s in sorted(_finished_shards(config.output, storage))
-        ],
+        "shard_files": [shard_output_uri(config.output, s) for s in sorted(_finished_shards(config.output, storage))],
     }
-    storage.write_atomic(
-        posixpath.join(config.output.rstrip("/"), MANIFEST), json.dumps(document, indent=2).encode()
-    )
+    storage.write_atomic(posixpath.join(config.output.rstrip("/"), MANIFEST), json.dumps(document, indent=2).encode())

@@ -39,9 +39,7 @@ RECORD_SCHEMA = pa.schema(
 
 def shard_rows(shards: list[Shard]) -> list[dict[str, Any]]:
     """The items of the dataset the pipeline starts from: one per shard."""
-    return [
-        {"shard_id": s.shard_id, "kind": s.kind, "source": s.source, "files": list(s.files)} for s in shards
-    ]
+    return [{"shard_id": s.shard_id, "kind": s.kind, "source": s.source, "files": list(s.files)} for s in shards]
 
 
 def read_shards(
@@ -104,9 +102,7 @@ class Prepare:
         return out
 
 
-def _stack_inputs(
-    prepared: dict[int, PreparedImage], size: int, config: ModelConfig
-) -> dict[str, np.ndarray]:
+def _stack_inputs(prepared: dict[int, PreparedImage], size: int, config: ModelConfig) -> dict[str, np.ndarray]:
     """Uniform uint8 tensor columns; rows without an image carry zeros (they are never scored)."""
     crops = 5 if config.crop_mode == "five" else 1
     shape = (size, crops, 3, config.crop, config.crop)
@@ -140,9 +136,7 @@ class Score:
                 PreparedImage(
                     torch.from_numpy(np.ascontiguousarray(batch["overall"][slot])),
                     torch.from_numpy(np.ascontiguousarray(batch["face"][slot])),
-                    torch.from_numpy(np.ascontiguousarray(batch["patches"][slot]))
-                    if "patches" in batch
-                    else None,
+                    torch.from_numpy(np.ascontiguousarray(batch["patches"][slot])) if "patches" in batch else None,
                 )
                 for slot in ok
             ]

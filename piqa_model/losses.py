@@ -91,13 +91,9 @@ def sample_pairs(
     flat = torch.cat(members)
     # A group is chosen in proportion to its ordered-pair count, then (a, b) uniformly with a != b:
     # together that is uniform over all within-group ordered pairs.
-    group = torch.multinomial(
-        (sizes * (sizes - 1)).double(), num_pairs, replacement=True, generator=generator
-    )
+    group = torch.multinomial((sizes * (sizes - 1)).double(), num_pairs, replacement=True, generator=generator)
     n = sizes[group]
     a = torch.minimum((torch.rand(num_pairs, generator=generator, dtype=torch.float64) * n).long(), n - 1)
-    b = torch.minimum(
-        (torch.rand(num_pairs, generator=generator, dtype=torch.float64) * (n - 1)).long(), n - 2
-    )
+    b = torch.minimum((torch.rand(num_pairs, generator=generator, dtype=torch.float64) * (n - 1)).long(), n - 2)
     b = b + (b >= a).long()
     return torch.stack([flat[offsets[group] + a], flat[offsets[group] + b]], dim=1)

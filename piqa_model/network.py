@@ -28,9 +28,7 @@ class DualBranchNet(nn.Module):
         self.face = build_swin(config.face, pretrained=pretrained)
         self.liqe: LiqeBranch | None = None
         if config.aux == "liqe" and config.liqe is not None:
-            self.liqe = (
-                LiqeBranch.from_pretrained_clip(config.liqe) if pretrained else LiqeBranch(config.liqe)
-            )
+            self.liqe = LiqeBranch.from_pretrained_clip(config.liqe) if pretrained else LiqeBranch(config.liqe)
         self.quality = nn.Sequential(
             nn.Linear(config.head_input_width, config.head_hidden),
             nn.ReLU(),
@@ -48,9 +46,7 @@ class DualBranchNet(nn.Module):
         """uint8 crops [N, 3, H, W] -> ImageNet-normalised float crops."""
         return (crops_u8.to(self.mean.dtype) / 255.0 - self.mean) / self.std
 
-    def forward_crops(
-        self, overall: torch.Tensor, face: torch.Tensor, aux: torch.Tensor | None = None
-    ) -> torch.Tensor:
+    def forward_crops(self, overall: torch.Tensor, face: torch.Tensor, aux: torch.Tensor | None = None) -> torch.Tensor:
         """Scores [N, 1] of N crop pairs (normalised float [N, 3, S, S]) and their aux vectors [N, 495]."""
         features = [self.overall(overall), self.face(face)]
         if self.uses_aux:

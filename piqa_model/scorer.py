@@ -46,9 +46,7 @@ def result_fields(detection: FaceDetection, score: float, aux: torch.Tensor | No
     }
     if aux is not None:
         summary = summarise(aux.view(1, -1))[0]
-        fields.update(
-            liqe_quality=summary.quality, liqe_scene=summary.scene, liqe_distortion=summary.distortion
-        )
+        fields.update(liqe_quality=summary.quality, liqe_scene=summary.scene, liqe_distortion=summary.distortion)
     return fields
 
 
@@ -114,9 +112,7 @@ class Scorer:
         if not decoded:
             return rows
         detections = self.detector.detect([image for _, image in decoded])
-        prepared = [
-            prepare(image, det, self.config) for (_, image), det in zip(decoded, detections, strict=True)
-        ]
+        prepared = [prepare(image, det, self.config) for (_, image), det in zip(decoded, detections, strict=True)]
         scores, aux = predict(self.net, prepared)
         for slot, ((index, _), detection) in enumerate(zip(decoded, detections, strict=True)):
             rows[index].update(result_fields(detection, scores[slot], None if aux is None else aux[slot]))

@@ -52,9 +52,7 @@ def test_imported_network_reproduces_per_crop_scores_and_image_score(net, io):
 
 def test_score_images_is_the_mean_of_the_five_crops(net, io):
     with torch.no_grad():
-        image_scores = net.score_images(
-            io["overall_crops_u8"][None], io["face_crops_u8"][None], io["aux"][:1]
-        )
+        image_scores = net.score_images(io["overall_crops_u8"][None], io["face_crops_u8"][None], io["aux"][:1])
     assert image_scores.shape == (1,)
     assert abs(float(image_scores[0]) - float(io["score"])) < TOL
 
@@ -185,9 +183,7 @@ def test_bundle_round_trip_reproduces_scores_and_aux(net, io, liqe_io, tmp_path)
 def small_bundle(tmp_path_factory) -> Path:
     torch.manual_seed(0)
     net = piqa_model.DualBranchNet(piqa_model.preset("small"))
-    return piqa_model.save_bundle(
-        net, tmp_path_factory.mktemp("small") / "bundle", piqa_model.BundleInfo("s", False)
-    )
+    return piqa_model.save_bundle(net, tmp_path_factory.mktemp("small") / "bundle", piqa_model.BundleInfo("s", False))
 
 
 def test_small_bundle_reads(small_bundle):

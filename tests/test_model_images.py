@@ -31,9 +31,7 @@ def png_chunk(kind: bytes, payload: bytes) -> bytes:
 def png_bytes(width: int, height: int, idat: bytes, bit_depth: int = 1) -> bytes:
     """A greyscale PNG written by hand, so that a huge header costs nothing to build."""
     header = struct.pack(">IIBBBBB", width, height, bit_depth, 0, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header) + png_chunk(b"IDAT", idat) + png_chunk(b"IEND", b"")
-    )
+    return b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header) + png_chunk(b"IDAT", idat) + png_chunk(b"IEND", b"")
 
 
 def black_1bit_idat(width: int, height: int) -> bytes:
