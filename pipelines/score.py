@@ -75,7 +75,8 @@ def run_scoring(config: ScoreConfig) -> RunSummary:
     shards = list_shards(config.input, storage, config.shard_size)
     storage.check_writable(config.output)
     files = bundle_files(config.bundle or default_bundle_path())
-    _, info, bundle_id = read_bundle_files(files)
+    net, info, bundle_id = read_bundle_files(files)
+    net.check_self_contained()
     warn_if_untrained(info)
     model_config = ModelConfig.from_dict(json.loads(files[CONFIG_FILE])["model"]).replace(crop_mode=config.crop_mode)
     if config.overwrite:

@@ -60,8 +60,10 @@ def save_bundle(net: DualBranchNet, path: str | Path, info: BundleInfo, card: st
         document = {"model": net.config.to_dict(), "bundle": dataclasses.asdict(info)}
         (staging / CONFIG_FILE).write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
         (staging / CARD_FILE).write_text(card or _default_card(net.config, info))
-        if path.exists():
-            shutil.rmtree(path)
+        if path.exists():  # move the old bundle aside first: readers never see a half-written one
+            retired = Path(tempfile.mkdtemp(prefix=f".{path.name}.old.", dir=path.parent))
+            os.replace(path, retired / path.name)
+            shutil.rmtree(retired, ignore_errors=True)
         os.replace(staging, path)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -118,13 +120,19 @@ def default_bundle_path() -> Path:
         return SHIPPED_BUNDLE
     path = cache_dir() / "bundles" / "untrained-small"
     if not (path / CONFIG_FILE).is_file():
-        torch.manual_seed(0)
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            net = DualBranchNet(preset("small"))
         info = BundleInfo(
             name="untrained-small",
             trained=False,
             description="Randomly initialised `small` preset: a placeholder until a trained bundle exists.",
         )
-        save_bundle(DualBranchNet(preset("small")), path, info)
+        try:
+            save_bundle(net, path, info)
+        except OSError:
+            if not (path / CONFIG_FILE).is_file():  # else another process wrote the same bundle first
+                raise
     return path
 
 

@@ -64,6 +64,7 @@ class ModelConfig:
     overall: SwinConfig = field(default_factory=SwinConfig)
     face: SwinConfig = field(default_factory=SwinConfig)
     aux: AuxKind = "liqe"
+    # The CLIP that computes the aux features; None with aux="liqe": the caller passes them to forward_crops.
     liqe: LiqeConfig | None = field(default_factory=LiqeConfig)
     aux_width: int = 495
     head_hidden: int = 128
@@ -76,8 +77,6 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if self.aux not in ("none", "liqe"):
             raise ConfigError(f"aux must be 'none' or 'liqe', got {self.aux!r}")
-        if self.aux == "liqe" and self.liqe is None:
-            raise ConfigError("aux='liqe' needs a liqe configuration")
         if self.crop_mode not in ("five", "center"):
             raise ConfigError(f"crop_mode must be 'five' or 'center', got {self.crop_mode!r}")
         if self.crop > self.resize:

@@ -19,6 +19,9 @@ from PIL import Image
 DEFAULT_DETECT_SIZE = 640
 """Longest side of the preview that MTCNN sees."""
 
+MIN_DETECT_SIDE = 20
+"""MTCNN's image pyramid is empty below its minimum face size (20 px): such images have no face."""
+
 Box = tuple[float, float, float, float]
 
 
@@ -73,7 +76,8 @@ class FaceDetector:
         previews = [self._preview(image) for image in images]
         by_size: dict[tuple[int, int], list[int]] = defaultdict(list)
         for index, (preview, _) in enumerate(previews):
-            by_size[preview.size].append(index)
+            if min(preview.size) >= MIN_DETECT_SIDE:
+                by_size[preview.size].append(index)
         results: list[FaceDetection] = [FaceDetection.none()] * len(images)
         for indices in by_size.values():
             batch = np.stack([np.asarray(previews[i][0]) for i in indices])

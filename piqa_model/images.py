@@ -18,7 +18,9 @@ from piqa_model.errors import ImageDecodeError, ImageTooLargeError, UnsupportedI
 DEFAULT_MAX_PIXELS = 100_000_000
 """Refuse images above 100 megapixels: bigger than any camera photo, typical of decompression bombs."""
 
-# We enforce our own limit before decoding; PIL's own bomb check would fire on its own threshold.
+# `open_image` enforces its own, per-call pixel limit from the header, before any pixel is decoded, and
+# names the size in its error; PIL's global bomb check would pre-empt it with a fixed threshold. Open
+# untrusted images through `open_image` only.
 Image.MAX_IMAGE_PIXELS = None
 
 _BACKGROUND = (255, 255, 255)
@@ -80,8 +82,9 @@ def to_rgb(image: Image.Image) -> Image.Image:
     if mode == "RGB":
         return image
     if mode == "P":
-        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
-        mode = image.mode
+        if "transparency" not in image.info:
+            return image.convert("RGB")
+        image, mode = image.convert("RGBA"), "RGBA"
     if mode in ("RGBA", "LA", "RGBa", "La", "PA"):
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, _BACKGROUND + (255,))

@@ -54,7 +54,7 @@ def prompts() -> list[str]:
 
 
 def patch_origins(height: int, width: int, config: LiqeConfig) -> list[tuple[int, int]]:
-    """(top, left) of the selected patches on the row-major grid of all patches of an HxW image."""
+    """(row, column) grid positions of the selected patches among all patches of an HxW image (row-major)."""
     size, stride, count = config.patch_size, config.patch_stride, config.num_patches
     rows = (height - size) // stride + 1
     cols = (width - size) // stride + 1

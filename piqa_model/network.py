@@ -42,19 +42,24 @@ class DualBranchNet(nn.Module):
     def uses_aux(self) -> bool:
         return self.config.aux == "liqe"
 
+    def check_self_contained(self) -> None:
+        """Raise ConfigError unless the network can score images on its own (LIQE weights present if used)."""
+        if self.uses_aux:
+            self._liqe()
+
     def normalise(self, crops_u8: torch.Tensor) -> torch.Tensor:
         """uint8 crops [N, 3, H, W] -> ImageNet-normalised float crops."""
         return (crops_u8.to(self.mean.dtype) / 255.0 - self.mean) / self.std
 
     def forward_crops(self, overall: torch.Tensor, face: torch.Tensor, aux: torch.Tensor | None = None) -> torch.Tensor:
         """Scores [N, 1] of N crop pairs (normalised float [N, 3, S, S]) and their aux vectors [N, 495]."""
-        features = [self.overall(overall), self.face(face)]
-        if self.uses_aux:
-            if aux is None:
-                raise ConfigError("this network reads LIQE features: pass aux [N, 495]")
-            features.append(aux.to(features[0].dtype))
-        elif aux is not None:
+        if self.uses_aux and aux is None:
+            raise ConfigError("this network reads LIQE features: pass aux [N, 495]")
+        if not self.uses_aux and aux is not None:
             raise ConfigError("this network has no auxiliary branch: aux must be None")
+        features = [self.overall(overall), self.face(face)]
+        if aux is not None:
+            features.append(aux.to(features[0].dtype))
         return self.quality(torch.cat(features, dim=1))
 
     def aux_features(self, image_u8: torch.Tensor) -> torch.Tensor:

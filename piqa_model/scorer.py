@@ -63,6 +63,7 @@ class Scorer:
         detect_size: int = DEFAULT_DETECT_SIZE,
         max_pixels: int = DEFAULT_MAX_PIXELS,
     ) -> None:
+        net.check_self_contained()
         self.net = net.eval()
         self.info = info
         self.bundle_id = bundle_id

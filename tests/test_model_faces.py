@@ -73,12 +73,6 @@ def test_no_face_images(detector):
     assert detector.detect([]) == []
 
 
-@pytest.mark.xfail(
-    raises=ValueError,
-    strict=True,
-    reason="BUG: FaceDetector.detect raises ValueError('torch.cat(): expected a non-empty list') from "
-    "facenet's MTCNN on images under ~20 px on a side (no pyramid scale), instead of returning no face",
-)
 def test_tiny_image_has_no_face(detector):
     assert detector.detect([Image.new("RGB", (10, 10), (128, 100, 90))]) == [FaceDetection.none()]
 

@@ -113,15 +113,6 @@ def test_prompts_follow_manifest_order(manifest):
     assert prompts[-1] == template.format(scene="others", distortion="other", quality="perfect")
 
 
-IMPORT_WITHOUT_LIQE_BUG = pytest.mark.xfail(
-    raises=piqa_model.ConfigError,
-    strict=True,
-    reason="BUG: import_dnpiqa(checkpoint) without liqe builds ModelConfig(aux='liqe', liqe=None), "
-    "which ModelConfig.__post_init__ rejects ('aux='liqe' needs a liqe configuration')",
-)
-
-
-@IMPORT_WITHOUT_LIQE_BUG
 def test_import_without_liqe_scores_with_given_aux(reference_dir, io):
     net_no_liqe = piqa_model.import_dnpiqa(reference_dir / CHECKPOINT)
     assert net_no_liqe.liqe is None

@@ -76,12 +76,6 @@ def test_palette_png_with_transparency_becomes_rgb_on_white():
     assert (out[:, 4:] == (200, 10, 20)).all()
 
 
-@pytest.mark.xfail(
-    raises=piqa_model.UnsupportedImageError,
-    strict=True,
-    reason="BUG: images.to_rgb converts mode 'P' without transparency to 'RGB' but then falls through "
-    "every branch and raises UnsupportedImageError(\"unsupported image mode 'RGB'\")",
-)
 @pytest.mark.parametrize("fmt", ["PNG", "GIF"])
 def test_palette_image_without_transparency_keeps_colours(fmt):
     image = Image.new("P", (4, 4), 0)

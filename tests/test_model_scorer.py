@@ -119,12 +119,6 @@ def test_too_large_and_empty_input(scorer, portrait_bytes):
     assert limited.score([]) == []
 
 
-@pytest.mark.xfail(
-    raises=ValueError,
-    strict=True,
-    reason="BUG: a decodable image under ~20 px on a side makes FaceDetector.detect (MTCNN) raise, "
-    "so Scorer.score fails for the whole batch instead of giving that one image its own row",
-)
 def test_tiny_image_does_not_stop_the_batch(scorer, portrait_bytes):
     buffer = io.BytesIO()
     Image.new("RGB", (12, 12), (120, 100, 90)).save(buffer, "PNG")
