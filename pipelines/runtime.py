@@ -43,7 +43,7 @@ def apply_local_hygiene() -> None:
 
 
 def ensure_ray() -> None:
-    """Join the cluster named by RAY_ADDRESS (as `ray job submit` sets it) or start a local one."""
+    """Join the cluster named by RAY_ADDRESS (as `ray job submit` sets it) or start a local one on loopback."""
     if ray.is_initialized():
         return
     if os.environ.get("RAY_ADDRESS", "local") != "local":
@@ -52,4 +52,10 @@ def ensure_ray() -> None:
         return
     apply_local_hygiene()
     env_vars = {name: os.environ[name] for name in SHARED_ENV if name in os.environ}
-    ray.init(runtime_env={"env_vars": env_vars}, log_to_driver=False, include_dashboard=False)
+    ray.init(
+        address="local",
+        runtime_env={"env_vars": env_vars},
+        log_to_driver=False,
+        include_dashboard=False,
+        _node_ip_address="127.0.0.1",  # a local run talks over loopback only
+    )

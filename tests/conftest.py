@@ -67,7 +67,7 @@ def ray_local(s3_endpoint: str):
     """A real local Ray cluster (2 CPUs) for in-process pipeline runs."""
     import ray
 
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
     yield
     ray.shutdown()
 
