@@ -141,7 +141,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--images", type=int, default=200, help="number of portraits (default 200)")
     parser.add_argument("--source", choices=("mixed", "london", "congress"), default="mixed")
     parser.add_argument("--shard-size", type=int, default=50, help="pipeline: images per shard (default 50)")
-    parser.add_argument("--batch-size", type=int, default=8, help="pipeline: images per model batch (default 8)")
+    parser.add_argument("--batch-size", type=int, help="pipeline: images per model batch (default: the pipeline's)")
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="pipeline and bound")
+    parser.add_argument("--min-face-size", type=int, default=20, help="pipeline and bound: MTCNN minimum face (px)")
+    parser.add_argument("--cpus-per-actor", type=float, help="pipeline: CPUs per actor (default: the pipeline's)")
     parser.add_argument("--crop-mode", choices=("five", "center"), default="five")
     parser.add_argument(
         "--bound-batch-sizes", default="1,4,8,16", help="in-process bound: batch sizes to try (default 1,4,8,16)"
@@ -151,7 +154,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--progress", action="store_true", help="show Ray Data's progress bars and logs")
     parser.add_argument("--out", type=Path, default=OUT_DIR / "pipeline_throughput.json")
     args = parser.parse_args()
-    if args.images < 1 or args.shard_size < 1 or args.batch_size < 1:
+    if args.images < 1 or args.shard_size < 1 or (args.batch_size is not None and args.batch_size < 1):
         parser.error("--images, --shard-size and --batch-size must be at least 1")
     try:
         args.bound_batch_sizes = sorted({int(v) for v in args.bound_batch_sizes.split(",") if v.strip()})
@@ -215,7 +218,12 @@ def naive_loop(paths: list[Path], net: DualBranchNet, config: ModelConfig) -> Lo
 
 
 def in_process(
-    blobs: list[tuple[str, bytes]], net: DualBranchNet, config: ModelConfig, detector: FaceDetector, batch_size: int
+    blobs: list[tuple[str, bytes]],
+    net: DualBranchNet,
+    config: ModelConfig,
+    detector: FaceDetector,
+    batch_size: int,
+    precision: str,
 ) -> LoopResult:
     """The pipeline's own steps in this process, on bytes already in memory."""
 
@@ -227,7 +235,7 @@ def in_process(
         t2 = time.perf_counter()
         prepared = [prepare(image, det, config) for image, det in zip(images, detections, strict=True)]
         t3 = time.perf_counter()
-        batch_scores, _ = predict(net, prepared)
+        batch_scores, _ = predict(net, prepared, precision)
         t4 = time.perf_counter()
         stages.decode += t1 - t0
         stages.detect += t2 - t1
@@ -292,11 +300,11 @@ def main() -> None:
         print("naive loop ...", flush=True)
         naive = naive_loop([inputs / p.name for p in paths], net, config)
         blobs = [(p.name, (inputs / p.name).read_bytes()) for p in paths]
-        detector = FaceDetector(defaults.detect_size)
+        detector = FaceDetector(defaults.detect_size, args.min_face_size)
         bounds = []
         for batch_size in args.bound_batch_sizes:
             print(f"in-process bound, batch {batch_size} ...", flush=True)
-            bounds.append(in_process(blobs, net, config, detector, batch_size))
+            bounds.append(in_process(blobs, net, config, detector, batch_size, args.precision))
         best = max(bounds, key=lambda r: r.images_per_second)
 
         print("starting Ray ...", flush=True)
@@ -314,6 +322,9 @@ def main() -> None:
                 shard_size=args.shard_size,
                 batch_size=args.batch_size,
                 crop_mode=args.crop_mode,
+                precision=args.precision,
+                min_face_size=args.min_face_size,
+                cpus_per_actor=args.cpus_per_actor,
                 overwrite=True,
             )
 
@@ -401,6 +412,9 @@ def main() -> None:
             "ray_start_seconds": round(ray_start, 3),
             "shard_size": args.shard_size,
             "batch_size": args.batch_size,
+            "precision": args.precision,
+            "min_face_size": args.min_face_size,
+            "cpus_per_actor": args.cpus_per_actor,
             "cold": cold.to_dict(),
             "warm": warm.to_dict(),
             "one_image": fixed.to_dict() if fixed is not None else None,

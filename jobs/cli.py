@@ -40,13 +40,17 @@ def add_score_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image-column", default="jpg", help="image-bytes column of Parquet inputs")
     parser.add_argument("--key-column", default="key", help="key column of Parquet inputs")
     parser.add_argument("--overwrite", action="store_true", help="start over instead of resuming")
-    parser.add_argument("--batch-size", type=int, default=8, help="images per model forward")
+    parser.add_argument("--batch-size", type=int, help="images per model forward (default: 32 on GPU, 1 on CPU)")
     parser.add_argument("--prepare-actors", type=_actors, default=(1, 4), metavar="MIN,MAX")
     parser.add_argument("--score-actors", type=_actors, default=(1, 4), metavar="MIN,MAX")
     parser.add_argument("--gpus-per-actor", type=float, help="GPUs per scoring actor (default: 1 if any, else CPU)")
     parser.add_argument("--cpus-per-actor", type=float, help="CPUs per model actor (default: auto)")
     parser.add_argument("--detect-size", type=int, default=640, help="longest side of the face-detection preview")
+    parser.add_argument("--min-face-size", type=int, default=20, help="smallest face sought, in preview pixels")
     parser.add_argument("--crop-mode", choices=("five", "center"), default="five")
+    parser.add_argument(
+        "--precision", choices=("fp32", "bf16"), default="fp32", help="bf16: autocast (GPU, AVX512-BF16)"
+    )
     parser.add_argument("--max-pixels", type=int, default=100_000_000, help="larger images become too_large rows")
 
 
@@ -68,6 +72,8 @@ def score_config_from_args(args: argparse.Namespace):
         gpus_per_actor=args.gpus_per_actor,
         cpus_per_actor=args.cpus_per_actor,
         detect_size=args.detect_size,
+        min_face_size=args.min_face_size,
+        precision=args.precision,
         crop_mode=args.crop_mode,
         max_pixels=args.max_pixels,
     )

@@ -114,6 +114,7 @@ def _build_dataset(
     gpus = config.gpus_per_actor
     if gpus is None:
         gpus = 1.0 if resources.get("GPU", 0) > 0 else 0.0
+    batch_size = config.batch_size or (32 if gpus > 0 else 1)
     ds = ray.data.from_items(shard_rows(shards), override_num_blocks=len(shards))
     ds = ds.map_batches(
         read_shards,
@@ -121,28 +122,31 @@ def _build_dataset(
         batch_format="numpy",
         num_cpus=READ_TASK_CPUS,
         fn_kwargs=dict(
-            storage=storage,
-            image_column=config.image_column,
-            key_column=config.key_column,
-            chunk_size=config.batch_size,
+            storage=storage, image_column=config.image_column, key_column=config.key_column, chunk_size=batch_size
         ),
     )
-    prepare_args = dict(config=model_config, detect_size=config.detect_size, max_pixels=config.max_pixels)
+    prepare_args = dict(
+        config=model_config,
+        detect_size=config.detect_size,
+        min_face_size=config.min_face_size,
+        max_pixels=config.max_pixels,
+    )
     if gpus > 0:
         cpus = config.cpus_per_actor or 1.0
+        score_args = dict(bundle_files=files, precision=config.precision, threads=math.ceil(cpus))
         ds = ds.map_batches(
             Prepare,
             fn_constructor_kwargs=prepare_args,
             compute=_pool(config.prepare_actors),
-            batch_size=config.batch_size,
+            batch_size=batch_size,
             batch_format="numpy",
             num_cpus=cpus,
         )
         return ds.map_batches(
             Score,
-            fn_constructor_kwargs=dict(bundle_files=files, threads=math.ceil(cpus)),
+            fn_constructor_kwargs=score_args,
             compute=_pool(config.score_actors),
-            batch_size=config.batch_size,
+            batch_size=batch_size,
             batch_format="numpy",
             num_cpus=cpus,
             num_gpus=gpus,
@@ -152,11 +156,12 @@ def _build_dataset(
     cpus = config.cpus_per_actor or max(READ_TASK_CPUS, node_cpus - READ_TASK_CPUS)
     slots = max(1, int((resources.get("CPU", 1.0) - READ_TASK_CPUS) // cpus))
     low, high = config.score_actors
+    score_args = dict(bundle_files=files, precision=config.precision, threads=math.ceil(cpus))
     return ds.map_batches(
         PrepareAndScore,
-        fn_constructor_kwargs=dict(prepare_args, bundle_files=files, threads=math.ceil(cpus)),
+        fn_constructor_kwargs=dict(prepare=prepare_args, score=score_args),
         compute=_pool((min(low, slots), min(high, slots))),
-        batch_size=config.batch_size,
+        batch_size=batch_size,
         batch_format="numpy",
         num_cpus=cpus,
     )

@@ -70,9 +70,11 @@ def read_shards(
 class Prepare:
     """Actor: decode, detect faces (MTCNN held once per actor), cut crops and LIQE patches."""
 
-    def __init__(self, config: ModelConfig, detect_size: int, max_pixels: int, device: str = "cpu") -> None:
+    def __init__(
+        self, config: ModelConfig, detect_size: int, min_face_size: int, max_pixels: int, device: str = "cpu"
+    ) -> None:
         self.config, self.max_pixels = config, max_pixels
-        self.detector = FaceDetector(detect_size, device=device)
+        self.detector = FaceDetector(detect_size, min_face_size, device=device)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         metas: list[dict[str, Any]] = []
@@ -121,8 +123,11 @@ def _stack_inputs(prepared: dict[int, PreparedImage], size: int, config: ModelCo
 class Score:
     """Actor: the network (weights shipped from the driver) scores the prepared rows of a batch."""
 
-    def __init__(self, bundle_files: dict[str, bytes], threads: int = 1, device: str = "auto") -> None:
+    def __init__(
+        self, bundle_files: dict[str, bytes], precision: str = "fp32", threads: int = 1, device: str = "auto"
+    ) -> None:
         torch.set_num_threads(threads)
+        self.precision = precision
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.net, _, self.bundle_id = read_bundle_files(bundle_files)
@@ -140,7 +145,7 @@ class Score:
                 )
                 for slot in ok
             ]
-            scores, aux = predict(self.net, items)
+            scores, aux = predict(self.net, items, self.precision)
             for position, slot in enumerate(ok):
                 num_faces, box, prob = metas[slot].pop("detection")
                 detection = FaceDetection(num_faces, tuple(box) if box else None, prob)
@@ -155,16 +160,9 @@ class Score:
 class PrepareAndScore:
     """Actor for clusters without GPUs: both steps in one process, so crops never cross the object store."""
 
-    def __init__(
-        self,
-        config: ModelConfig,
-        detect_size: int,
-        max_pixels: int,
-        bundle_files: dict[str, bytes],
-        threads: int,
-    ) -> None:
-        self.prepare = Prepare(config, detect_size, max_pixels)
-        self.score = Score(bundle_files, threads=threads, device="cpu")
+    def __init__(self, prepare: dict[str, Any], score: dict[str, Any]) -> None:
+        self.prepare = Prepare(**prepare)
+        self.score = Score(**score, device="cpu")
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return self.score(self.prepare(batch))

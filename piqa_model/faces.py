@@ -19,8 +19,9 @@ from PIL import Image
 DEFAULT_DETECT_SIZE = 640
 """Longest side of the preview that MTCNN sees."""
 
-MIN_DETECT_SIDE = 20
-"""MTCNN's image pyramid is empty below its minimum face size (20 px): such images have no face."""
+DEFAULT_MIN_FACE_SIZE = 20
+"""Smallest face MTCNN looks for, in preview pixels (MTCNN's own default). Raising it for collections of
+close-up portraits drops the finest pyramid levels and makes detection about 2x faster."""
 
 Box = tuple[float, float, float, float]
 
@@ -57,11 +58,17 @@ def face_region(box: Box | None, width: int, height: int, margin: int) -> tuple[
 class FaceDetector:
     """MTCNN over previews; images whose previews share a size are detected in one batch."""
 
-    def __init__(self, detect_size: int = DEFAULT_DETECT_SIZE, device: str | torch.device = "cpu") -> None:
+    def __init__(
+        self,
+        detect_size: int = DEFAULT_DETECT_SIZE,
+        min_face_size: int = DEFAULT_MIN_FACE_SIZE,
+        device: str | torch.device = "cpu",
+    ) -> None:
         from facenet_pytorch import MTCNN
 
         self.detect_size = detect_size
-        self.mtcnn = MTCNN(keep_all=True, device=torch.device(device))
+        self.min_face_size = min_face_size
+        self.mtcnn = MTCNN(keep_all=True, min_face_size=min_face_size, device=torch.device(device))
 
     def _preview(self, image: Image.Image) -> tuple[Image.Image, float]:
         scale = min(1.0, self.detect_size / max(image.size))
@@ -76,7 +83,7 @@ class FaceDetector:
         previews = [self._preview(image) for image in images]
         by_size: dict[tuple[int, int], list[int]] = defaultdict(list)
         for index, (preview, _) in enumerate(previews):
-            if min(preview.size) >= MIN_DETECT_SIDE:
+            if min(preview.size) >= self.min_face_size:  # smaller: MTCNN's pyramid is empty, no face
                 by_size[preview.size].append(index)
         results: list[FaceDetection] = [FaceDetection.none()] * len(images)
         for indices in by_size.values():

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from PIL import Image
@@ -17,23 +17,32 @@ from piqa_model.bundle import BundleInfo, default_bundle_path, read_bundle, warn
 from piqa_model.config import ModelConfig
 from piqa_model.crops import PreparedImage, prepare
 from piqa_model.errors import ImageError
-from piqa_model.faces import DEFAULT_DETECT_SIZE, FaceDetection, FaceDetector
+from piqa_model.faces import DEFAULT_DETECT_SIZE, DEFAULT_MIN_FACE_SIZE, FaceDetection, FaceDetector
 from piqa_model.images import DEFAULT_MAX_PIXELS, open_image
 from piqa_model.liqe import summarise
 from piqa_model.network import DualBranchNet
 
+Precision = Literal["fp32", "bf16"]
 
-@torch.no_grad()
-def predict(net: DualBranchNet, batch: Sequence[PreparedImage]) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Image scores [B] and LIQE logits [B, 495] (None without the aux branch), on the CPU."""
+
+@torch.inference_mode()
+def predict(
+    net: DualBranchNet, batch: Sequence[PreparedImage], precision: Precision = "fp32"
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Image scores [B] and LIQE logits [B, 495] (None without the aux branch), on the CPU.
+
+    `precision="bf16"` runs the network under bfloat16 autocast (GPUs, and CPUs with AVX512-BF16/AMX):
+    faster, with scores within about 1e-2 of fp32.
+    """
     device = net.mean.device
     overall = torch.stack([item.overall for item in batch]).to(device, non_blocking=True)
     face = torch.stack([item.face for item in batch]).to(device, non_blocking=True)
-    aux = None
-    if net.uses_aux:
-        aux = net.aux_from_patches(torch.cat([item.liqe_patches for item in batch]))
-    scores = net.score_images(overall, face, aux).float().cpu()
-    return scores, None if aux is None else aux.float().cpu()
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+        aux = None
+        if net.uses_aux:
+            aux = net.aux_from_patches(torch.cat([item.liqe_patches for item in batch])).float()
+        scores = net.score_images(overall, face, aux).float().cpu()
+    return scores, None if aux is None else aux.cpu()
 
 
 def result_fields(detection: FaceDetection, score: float, aux: torch.Tensor | None) -> dict[str, Any]:
@@ -62,6 +71,8 @@ class Scorer:
         batch_size: int = 8,
         detect_size: int = DEFAULT_DETECT_SIZE,
         max_pixels: int = DEFAULT_MAX_PIXELS,
+        min_face_size: int = DEFAULT_MIN_FACE_SIZE,
+        precision: Precision = "fp32",
     ) -> None:
         net.check_self_contained()
         self.net = net.eval()
@@ -69,7 +80,8 @@ class Scorer:
         self.bundle_id = bundle_id
         self.batch_size = batch_size
         self.max_pixels = max_pixels
-        self.detector = FaceDetector(detect_size, device=net.mean.device)
+        self.precision = precision
+        self.detector = FaceDetector(detect_size, min_face_size, device=net.mean.device)
 
     @property
     def config(self) -> ModelConfig:
@@ -114,7 +126,7 @@ class Scorer:
             return rows
         detections = self.detector.detect([image for _, image in decoded])
         prepared = [prepare(image, det, self.config) for (_, image), det in zip(decoded, detections, strict=True)]
-        scores, aux = predict(self.net, prepared)
+        scores, aux = predict(self.net, prepared, self.precision)
         for slot, ((index, _), detection) in enumerate(zip(decoded, detections, strict=True)):
             rows[index].update(result_fields(detection, scores[slot], None if aux is None else aux[slot]))
         return rows

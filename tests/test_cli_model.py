@@ -1,0 +1,77 @@
+"""The model commands of `piqa`: import the authors' checkpoints into a bundle, predict, offline hub init."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import piqa_model
+from piqa_model.config import SMALL_SWIN, TINY_LIQE
+from piqa_model.liqe import LiqeBranch
+from piqa_model.swin import build_swin
+
+
+def piqa(*args: str, cache: Path) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PIQA_CACHE_DIR=str(cache))
+    return subprocess.run(
+        [sys.executable, "-m", "jobs.cli", *args], capture_output=True, text=True, env=env, timeout=300
+    )
+
+
+def test_import_dnpiqa_command_then_load_bundle_reproduces_the_fixture(reference_dir, tmp_path):
+    result = piqa(
+        "weights", "import-dnpiqa",
+        "--checkpoint", str(reference_dir / "dnpiqa_small_timm067.pth"),
+        "--liqe", str(reference_dir / "clip_tiny_openai_layout.pt"),
+        "--out", str(tmp_path / "bundle"),
+        cache=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    scorer = piqa_model.load_bundle(tmp_path / "bundle")
+    assert scorer.trained and scorer.info.name == "dn-piqa"
+    io = torch.load(reference_dir / "dnpiqa_small_io.pt", weights_only=True)
+    liqe_io = torch.load(reference_dir / "liqe_tiny_io.pt", weights_only=True)
+    net = scorer.net
+    with torch.no_grad():
+        scores = net.forward_crops(net.normalise(io["overall_crops_u8"]), net.normalise(io["face_crops_u8"]), io["aux"])
+        aux = net.aux_features(liqe_io["image_u8"])
+    torch.testing.assert_close(scores, io["per_crop_scores"], atol=1e-4, rtol=0)
+    torch.testing.assert_close(aux, liqe_io["aux"], atol=1e-4, rtol=0)
+    assert "MODEL_CARD.md" in {p.name for p in (tmp_path / "bundle").iterdir()}
+
+
+def test_import_of_a_missing_checkpoint_is_one_line_and_nonzero(tmp_path):
+    result = piqa("weights", "import-dnpiqa", "--checkpoint", str(tmp_path / "nope.pth"), "--out", str(tmp_path / "b"),
+                  cache=tmp_path)  # fmt: skip
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [f"piqa: error: checkpoint not found: {tmp_path / 'nope.pth'}"]
+
+
+def test_predict_prints_json_rows_and_flags_the_untrained_default(repo_root, tmp_path):
+    samples = repo_root / "samples" / "portraits"
+    images = [samples / "congress_A000014.jpg", samples / "broken_not_an_image.jpg"]
+    result = piqa("predict", *map(str, images), "--json", cache=tmp_path)
+    assert result.returncode == 1  # one input failed
+    document = json.loads(result.stdout)
+    assert document["trained"] is False
+    ok, broken = document["results"]
+    assert ok["status"] == "ok" and isinstance(ok["score"], float) and ok["num_faces"] == 1
+    assert broken["status"] == "decode_error" and broken["score"] is None
+
+    table = piqa("predict", str(images[0]), cache=tmp_path)
+    assert table.returncode == 0
+    assert "UNTRAINED" in table.stderr and "congress_A000014.jpg" in table.stdout
+
+
+def test_hub_initialisation_offline_is_a_clear_error():
+    assert os.environ["HF_HUB_OFFLINE"] == "1"
+    with pytest.raises(piqa_model.WeightsUnavailableError, match="Offline"):
+        build_swin(SMALL_SWIN.__class__(), pretrained=True)
+    with pytest.raises(piqa_model.WeightsUnavailableError, match="Offline"):
+        LiqeBranch.from_pretrained_clip(TINY_LIQE.__class__())
