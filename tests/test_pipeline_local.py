@@ -7,6 +7,7 @@ import warnings
 
 import pyarrow.parquet as pq
 import pytest
+import torch
 from corpus import folder_corpus, parquet_corpus, tar_corpus
 from pipeline_helpers import assert_rows_match, read_scores, score
 
@@ -83,3 +84,23 @@ def test_missing_input_and_unwritable_output_fail_before_work(shared_dir, tmp_pa
     blocker.write_text("x")
     with pytest.raises(StorageError, match="not writable"):
         score(corpus.root, blocker / "out")
+
+
+def test_a_bundle_with_liqe_adds_its_columns(shared_dir, tmp_path):
+    torch.manual_seed(0)
+    net = piqa_model.DualBranchNet(piqa_model.preset("small-liqe"))
+    bundle = piqa_model.save_bundle(net, tmp_path / "bundle", piqa_model.BundleInfo("liqe-test", trained=True))
+    corpus = folder_corpus(shared_dir, tmp_path / "in", count=2)
+
+    summary = score(corpus.root, tmp_path / "out", bundle=str(bundle))
+
+    table = read_scores(tmp_path / "out")
+    assert_rows_match(table, corpus.expected)
+    assert summary.model.startswith("liqe-test-") and summary.model_trained
+    for row in table.to_pylist():
+        if row["status"] == "ok":
+            assert 1.0 <= row["liqe_quality"] <= 5.0
+            assert row["liqe_scene"] in piqa_model.liqe.SCENES
+            assert row["liqe_distortion"] in piqa_model.liqe.DISTORTIONS
+        else:
+            assert row["liqe_quality"] is None
