@@ -14,6 +14,7 @@ Three ways of doing the same work (decode -> face detection -> five-crop scoring
   file, decode at full resolution with PIL, run MTCNN on the full-resolution image, crop the most confident face
   grown by the model's margin (20 px), cut the five crops of image and face, one `score_images` forward per image.
   We are generous to it: the authors reload the weights on every call, we create the network and the MTCNN once.
+  Its Swin uses plain window attention, as timm 0.6.7 (the authors' version) does.
 - in-process bound: the pipeline's own steps and settings (`open_image`, `FaceDetector(detect_size)` on a batch,
   `prepare`, `predict`) in this process, on image bytes already in memory, for several batch sizes; the best one
   is the bound. This is what the pipeline could reach with no Ray overhead at all.
@@ -37,6 +38,7 @@ in-process bound (Ray's overhead under 20 %).
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import logging
 import os
@@ -64,6 +66,7 @@ from piqa_model.bundle import UntrainedModelWarning, default_bundle_path
 from piqa_model.crops import crop_views
 from piqa_model.faces import face_region
 from piqa_model.images import to_uint8_tensor_chw
+from piqa_model.swin import use_fused_attention
 
 REPO = Path(__file__).resolve().parents[1]
 PORTRAITS = REPO.parent / "shared" / "data" / "portraits"
@@ -181,10 +184,13 @@ def select_portraits(count: int, source: str) -> list[Path]:
 
 
 def naive_loop(paths: list[Path], net: DualBranchNet, config: ModelConfig) -> LoopResult:
-    """The authors' way: one image at a time, full-resolution detection, batch 1 (MTCNN and weights loaded once)."""
+    """The authors' way: one image at a time, full-resolution detection, batch 1, fp32, and timm 0.6.7's plain
+    window attention (MTCNN and weights loaded once; `net` is left as it was)."""
     from facenet_pytorch import MTCNN
 
     mtcnn = MTCNN(keep_all=True)
+    net = copy.deepcopy(net)
+    use_fused_attention(net, enabled=False)
 
     def one(path: Path, stages: StageTimes) -> float:
         t0 = time.perf_counter()

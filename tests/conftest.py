@@ -75,3 +75,21 @@ def ray_local(s3_endpoint: str):
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return Path(__file__).parents[1]
+
+
+@pytest.fixture(scope="session")
+def scored_folder(ray_local, shared_dir: Path, tmp_path_factory):
+    """Scores from the real pipeline (shards of 3) for a folder of portraits, broken files and a faceless image."""
+    import warnings
+
+    from curation_corpus import ScoredCorpus, folder_with_faceless
+    from pipeline_helpers import score
+
+    import piqa_model
+
+    root = tmp_path_factory.mktemp("curation")
+    corpus = folder_with_faceless(shared_dir, root / "in")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", piqa_model.UntrainedModelWarning)
+        score(corpus.root, root / "scores", shard_size=3)
+    return ScoredCorpus(corpus, str(root / "scores"))

@@ -1,0 +1,89 @@
+"""`python -m jobs.filter SCORES --out OUT [rules]` (= `piqa filter`): keep the portraits that pass the rules.
+
+As a Ray job it reads the score files with Ray Data tasks (`--ray` is on); `piqa filter` reads them in
+this process unless `--ray` is given. Resharding (`--reshard-to`) always runs on Ray Data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from jobs.cli import Parser, run
+from jobs.report import add_source_arguments, source_format_from_args
+
+
+def _statuses(text: str) -> tuple[str, ...]:
+    statuses = tuple(part.strip() for part in text.split(",") if part.strip())
+    if not statuses:
+        raise argparse.ArgumentTypeError("expected one or more statuses, e.g. ok or ok,too_large")
+    return statuses
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("scores", help="the output folder/prefix of `piqa score` (local or s3://)")
+    parser.add_argument("--out", required=True, help="folder/prefix for kept.parquet, summary.json, ...")
+    rules = parser.add_argument_group("rules (a row is kept when it passes all of them)")
+    rules.add_argument("--status", type=_statuses, default=("ok",), help="statuses to keep, comma-separated")
+    rules.add_argument("--require-face", action="store_true", help="keep only images with a detected face")
+    rules.add_argument("--min-face-prob", type=float, metavar="P", help="keep faces detected with probability >= P")
+    rules.add_argument("--min-score", type=float, metavar="X", help="keep scores >= X")
+    rules.add_argument("--bottom-fraction", type=float, metavar="F", help="drop the worst round(F*n) of each group")
+    rules.add_argument("--top-fraction", type=float, metavar="F", help="keep the best round(F*n) of each group")
+    rules.add_argument("--per", metavar="COLUMN", help="group for the fractions and the summary (default: none)")
+    rules.add_argument("--metadata", metavar="PARQUET", help="Parquet file/folder holding the --per column")
+    rules.add_argument("--metadata-key", default="key", help="the key column of --metadata")
+    outputs = parser.add_argument_group("outputs")
+    outputs.add_argument("--emit-dropped", action="store_true", help="also write dropped.parquet")
+    outputs.add_argument("--report", action="store_true", help="also write report.html (kept vs dropped)")
+    outputs.add_argument("--reshard-to", metavar="DIR", help="write the kept images into WebDataset tars here")
+    outputs.add_argument("--shard-size", type=int, default=1000, help="samples per resharded tar")
+    parser.add_argument("--ray", action="store_true", help="read the score files with Ray Data tasks")
+    add_source_arguments(parser)
+
+
+def cmd(args: argparse.Namespace) -> int:
+    from pipelines.curate import FilterJobConfig, run_filter
+    from pipelines.filtering import FilterConfig
+    from pipelines.reshard import ReshardConfig
+
+    rules = FilterConfig(
+        statuses=args.status,
+        min_score=args.min_score,
+        top_fraction=args.top_fraction,
+        bottom_fraction=args.bottom_fraction,
+        per=args.per,
+        require_face=args.require_face,
+        min_face_prob=args.min_face_prob,
+    )
+    config = FilterJobConfig(
+        scores=args.scores,
+        output=args.out,
+        rules=rules,
+        metadata=args.metadata,
+        metadata_key=args.metadata_key,
+        emit_dropped=args.emit_dropped,
+        reshard=ReshardConfig(args.reshard_to, args.shard_size) if args.reshard_to else None,
+        report=args.report,
+        source_format=source_format_from_args(args),
+        use_ray=args.ray,
+        s3_endpoint=args.s3_endpoint,
+    )
+    print("\n".join(run_filter(config).lines()))
+    return 0
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog="python -m jobs.filter", description="Filter a score set; reshard and report the result.")
+    add_arguments(parser)
+    parser.set_defaults(run=cmd, ray=True)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    sys.exit(run(argv, build_parser))
+
+
+if __name__ == "__main__":
+    main()

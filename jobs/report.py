@@ -1,0 +1,55 @@
+"""`python -m jobs.report SCORES --out report.html` (= `piqa report`): an HTML page about a score set."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from jobs.cli import Parser, run
+
+
+def add_source_arguments(parser: argparse.ArgumentParser) -> None:
+    """How to reach and re-read the scored images (thumbnails, resharding): as given to `piqa score`."""
+    parser.add_argument("--image-column", default="jpg", help="image-bytes column of Parquet inputs")
+    parser.add_argument("--key-column", default="key", help="key column of Parquet inputs")
+    parser.add_argument("--s3-endpoint", help="S3-compatible endpoint URL (default: $AWS_ENDPOINT_URL)")
+
+
+def source_format_from_args(args: argparse.Namespace):
+    from pipelines.fetch import SourceFormat
+
+    return SourceFormat(image_column=args.image_column, key_column=args.key_column)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("scores", help="the output folder/prefix of `piqa score` (local or s3://)")
+    parser.add_argument("--out", required=True, help="the HTML file to write (local or s3://)")
+    parser.add_argument("--group", default="num_faces", help="column of the per-group table, e.g. liqe_scene")
+    parser.add_argument("--title", default="Portrait quality report", help="the page's title")
+    add_source_arguments(parser)
+
+
+def cmd(args: argparse.Namespace) -> int:
+    from pipelines.report import ReportConfig, report_score_set
+    from pipelines.storage import Storage
+
+    config = ReportConfig(title=args.title, group=args.group, source_format=source_format_from_args(args))
+    table = report_score_set(args.scores, args.out, config, Storage.from_environment(args.s3_endpoint))
+    print(f"wrote {args.out} ({table.num_rows} rows)")
+    return 0
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog="python -m jobs.report", description="Write an HTML report of a score set.")
+    add_arguments(parser)
+    parser.set_defaults(run=cmd)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    sys.exit(run(argv, build_parser))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,277 @@
+"""Filter rules on a score table: which rows to keep, and the rule that dropped each of the others.
+
+Pure functions of a pyarrow Table (no I/O, no Ray), deterministic. The rules run in this fixed order and a
+row's `decided_by` names the first rule it fails, or `kept`:
+
+1. `status`: the row's status is one of `statuses` (default: `ok` only);
+2. `require_face`: the detector found at least one face (`num_faces >= 1`);
+3. `min_face_prob` P: the face probability is at least P;
+4. `min_score` X: the score is at least X;
+5. `bottom_fraction` F: drops the worst round(F * n) rows of each group;
+6. `top_fraction` F: keeps the best round(F * n) rows of each group.
+
+Exact semantics of the fraction rules:
+- A group is the rows sharing a value of the `per` column (null is a group of its own); without `per`, all
+  rows form one group. n is the number of the group's rows that passed rules 1-4 (its eligible rows), and
+  both fraction rules count from that same n: `bottom_fraction=0.1, top_fraction=0.5` keeps the best half.
+- round(x) rounds halves up, floor(x + 0.5): 0.5 of 5 rows is 3, 0.5 of 1 row is 1, 0.25 of 6 rows is 2.
+- Rank: score descending, then key ascending, then source ascending; a row without a score ranks last.
+
+Thresholds compare the stored values (float32 scores, widened to float64); a null never passes one.
+`decide` returns rows in a canonical order (shard, key, source), so the same rows and rules give the same
+table whatever order the score files were read in.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+RULES = ("status", "require_face", "min_face_prob", "min_score", "bottom_fraction", "top_fraction")
+KEPT = "kept"
+DECIDED_BY = "decided_by"
+CANONICAL_ORDER = [("shard", "ascending"), ("key", "ascending"), ("source", "ascending")]
+MANIFEST_BASE = ("key", "source", "score")
+NULL_GROUP = "(null)"
+
+
+class FilterError(ValueError):
+    """Rules that cannot apply to this score table (a missing or unusable column)."""
+
+
+@dataclass(frozen=True)
+class FilterConfig:
+    """The rules; each is off unless set. See the module docstring for their order and exact semantics."""
+
+    statuses: tuple[str, ...] = ("ok",)
+    min_score: float | None = None
+    top_fraction: float | None = None
+    bottom_fraction: float | None = None
+    per: str | None = None  # the column that groups rows for the fraction rules and the summary
+    require_face: bool = False
+    min_face_prob: float | None = None
+
+    def __post_init__(self) -> None:
+        if not self.statuses:
+            raise ValueError("statuses must name at least one status, e.g. ok")
+        for name in ("top_fraction", "bottom_fraction"):
+            value = getattr(self, name)
+            if value is not None and not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must be between 0 and 1, got {value}")
+        if self.min_face_prob is not None and not 0.0 <= self.min_face_prob <= 1.0:
+            raise ValueError(f"min_face_prob must be between 0 and 1, got {self.min_face_prob}")
+
+    @property
+    def uses_fractions(self) -> bool:
+        return self.top_fraction is not None or self.bottom_fraction is not None
+
+    def columns(self) -> list[str]:
+        """The score columns the rules read, beyond key, source and score."""
+        used = ["status"]
+        used += ["num_faces"] if self.require_face else []
+        used += ["face_prob"] if self.min_face_prob is not None else []
+        used += [self.per] if self.per else []
+        return list(dict.fromkeys(used))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def decide(scores: pa.Table, config: FilterConfig) -> pa.Table:
+    """`scores` in canonical order with a `decided_by` column: `kept` or the first rule the row failed."""
+    _check_columns(scores, config)
+    table = scores.take(pc.sort_indices(scores, sort_keys=CANONICAL_ORDER))
+    decided = np.full(table.num_rows, -1, dtype=np.int8)  # index into RULES; -1: kept
+
+    def apply(rule: str, passes: np.ndarray) -> None:
+        decided[(decided == -1) & ~passes] = RULES.index(rule)
+
+    apply("status", _mask(pc.is_in(table["status"], value_set=pa.array(config.statuses, pa.string()))))
+    if config.require_face:
+        apply("require_face", _mask(pc.greater_equal(table["num_faces"], 1)))
+    if config.min_face_prob is not None:
+        apply("min_face_prob", _mask(pc.greater_equal(table["face_prob"], pa.scalar(config.min_face_prob))))
+    if config.min_score is not None:
+        apply("min_score", _mask(pc.greater_equal(table["score"], pa.scalar(config.min_score))))
+    if config.uses_fractions:
+        rank, size = _rank_in_groups(table, decided == -1, config.per)
+        if config.bottom_fraction is not None:
+            apply("bottom_fraction", rank < size - _round_half_up(config.bottom_fraction * size))
+        if config.top_fraction is not None:
+            apply("top_fraction", rank < _round_half_up(config.top_fraction * size))
+    labels = np.array([*RULES, KEPT], dtype=object)[decided]  # -1 picks the last: KEPT
+    return table.append_column(DECIDED_BY, pa.array(labels, pa.string()))
+
+
+def manifest(decided: pa.Table, config: FilterConfig, kept: bool = True) -> pa.Table:
+    """The kept (or dropped) rows of a `decide` result: key, source, score, the columns the rules used, decided_by."""
+    columns = list(dict.fromkeys([*MANIFEST_BASE, *config.columns(), DECIDED_BY]))
+    is_kept = pc.equal(decided[DECIDED_BY], KEPT)
+    rows = decided.filter(is_kept if kept else pc.invert(is_kept))
+    return rows.select(columns).replace_schema_metadata(None)
+
+
+def _check_columns(scores: pa.Table, config: FilterConfig) -> None:
+    needed = dict.fromkeys(["shard", *MANIFEST_BASE, *config.columns()])
+    missing = [name for name in needed if name not in scores.column_names]
+    if missing:
+        columns = ", ".join(scores.column_names)
+        raise FilterError(
+            f"no column(s) {', '.join(missing)} in the scores (columns: {columns}); "
+            "a --per column that is not a score column needs --metadata"
+        )
+    if config.per and pa.types.is_nested(scores.schema.field(config.per).type):
+        raise FilterError(f"cannot group by '{config.per}': it holds lists; pick a scalar column")
+
+
+def _mask(values: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """A boolean comparison result as numpy, null counting as a failed test."""
+    return pc.fill_null(values, False).to_numpy(zero_copy_only=False).astype(bool)
+
+
+def _round_half_up(values: np.ndarray) -> np.ndarray:
+    return np.floor(values + 0.5).astype(np.int64)
+
+
+def _rank_in_groups(table: pa.Table, eligible: np.ndarray, per: str | None) -> tuple[np.ndarray, np.ndarray]:
+    """For every row: its rank among the eligible rows of its group (0 = best) and that group's eligible count.
+
+    Rows that are not eligible get rank 0 and size 0; their decision is already made.
+    """
+    rank = np.zeros(table.num_rows, dtype=np.int64)
+    size = np.zeros(table.num_rows, dtype=np.int64)
+    rows = np.flatnonzero(eligible)
+    if rows.size == 0:
+        return rank, size
+    candidates = table.take(rows)
+    group = candidates[per] if per else pa.array(np.zeros(rows.size, dtype=np.int8))
+    ranking = pa.table(
+        {"group": group, "score": candidates["score"], "key": candidates["key"], "source": candidates["source"]}
+    )
+    order = pc.sort_indices(
+        ranking,
+        sort_keys=[("group", "ascending"), ("score", "descending"), ("key", "ascending"), ("source", "ascending")],
+    ).to_numpy()  # nulls sort last (Arrow's default): a missing score ranks worst, a null group comes last
+    encoded = pc.dictionary_encode(ranking.column("group").combine_chunks())
+    codes = pc.fill_null(encoded.indices, -1).to_numpy()[order]
+    starts_group = np.ones(rows.size, dtype=bool)
+    starts_group[1:] = codes[1:] != codes[:-1]
+    group_number = np.cumsum(starts_group) - 1
+    starts = np.flatnonzero(starts_group)
+    sizes = np.diff(np.append(starts, rows.size))
+    rank[rows[order]] = np.arange(rows.size) - starts[group_number]
+    size[rows[order]] = sizes[group_number]
+    return rank, size
+
+
+@dataclass(frozen=True)
+class ScoreStats:
+    """The distribution of a set of scores (all None when it is empty)."""
+
+    count: int
+    mean: float | None = None
+    min: float | None = None
+    p10: float | None = None
+    median: float | None = None
+    p90: float | None = None
+    max: float | None = None
+
+    @classmethod
+    def of(cls, scores: pa.ChunkedArray | pa.Array) -> ScoreStats:
+        values = pc.drop_null(scores).to_numpy(zero_copy_only=False).astype(np.float64)
+        if values.size == 0:
+            return cls(0)
+        p10, median, p90 = (round(float(q), 6) for q in np.quantile(values, [0.1, 0.5, 0.9]))
+        mean, low, high = (round(float(v), 6) for v in (values.mean(), values.min(), values.max()))
+        return cls(int(values.size), mean, low, p10, median, p90, high)
+
+    def line(self) -> str:
+        if not self.count:
+            return "no scores"
+        return (
+            f"n={self.count} mean={self.mean:.4f} min={self.min:.4f} p10={self.p10:.4f} "
+            f"median={self.median:.4f} p90={self.p90:.4f} max={self.max:.4f}"
+        )
+
+
+@dataclass(frozen=True)
+class GroupCounts:
+    group: Any
+    rows: int
+    kept: int
+    dropped_by: dict[str, int]
+
+
+@dataclass(frozen=True)
+class FilterSummary:
+    """What a filter kept and dropped: per rule, per group, and the score distribution before and after."""
+
+    rows: int
+    kept: int
+    by_rule: dict[str, int]  # decided_by -> rows, in rule order, `kept` last
+    group_column: str
+    groups: list[GroupCounts]
+    before: ScoreStats  # every row with a score
+    after: ScoreStats  # the kept rows with a score
+
+    @property
+    def dropped(self) -> int:
+        return self.rows - self.kept
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self) | {"dropped": self.dropped}
+
+    def lines(self, max_groups: int = 20) -> list[str]:
+        rules = ", ".join(f"{rule} {count}" for rule, count in self.by_rule.items())
+        lines = [
+            f"kept {self.kept} of {self.rows} rows ({self.dropped} dropped); decided by: {rules}",
+            f"scores before: {self.before.line()}",
+            f"scores after:  {self.after.line()}",
+            f"per {self.group_column}:",
+        ]
+        for counts in self.groups[:max_groups]:
+            dropped = ", ".join(f"{rule} {n}" for rule, n in counts.dropped_by.items()) or "none"
+            group = NULL_GROUP if counts.group is None else counts.group
+            lines.append(f"  {group}: {counts.rows} rows, kept {counts.kept}, dropped: {dropped}")
+        if len(self.groups) > max_groups:
+            lines.append(f"  ... {len(self.groups) - max_groups} more groups (see summary.json)")
+        return lines
+
+
+def summarize(decided: pa.Table, config: FilterConfig) -> FilterSummary:
+    """Counts of a `decide` result per rule and per group (the `per` column, else the shard)."""
+    column = config.per or "shard"
+    counts = (
+        pa.table({"group": decided[column], "rule": decided[DECIDED_BY]})
+        .group_by(["group", "rule"])
+        .aggregate([([], "count_all")])
+    )
+    per_group: dict[Any, dict[str, int]] = {}
+    for row in counts.to_pylist():
+        per_group.setdefault(row["group"], {})[row["rule"]] = row["count_all"]
+    groups = [
+        GroupCounts(
+            group=group,
+            rows=sum(rules.values()),
+            kept=rules.get(KEPT, 0),
+            dropped_by={rule: rules[rule] for rule in RULES if rule in rules},
+        )
+        for group, rules in sorted(per_group.items(), key=lambda item: (item[0] is None, item[0]))
+    ]
+    by_rule = pc.value_counts(decided[DECIDED_BY]).to_pylist()
+    totals = {entry["values"]: entry["counts"] for entry in by_rule}
+    kept = decided.filter(pc.equal(decided[DECIDED_BY], KEPT))
+    return FilterSummary(
+        rows=decided.num_rows,
+        kept=kept.num_rows,
+        by_rule={rule: totals[rule] for rule in (*RULES, KEPT) if rule in totals},
+        group_column=column,
+        groups=groups,
+        before=ScoreStats.of(decided["score"]),
+        after=ScoreStats.of(kept["score"]),
+    )

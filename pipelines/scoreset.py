@@ -1,0 +1,118 @@
+"""Reading a score set: every `*.parquet` that `piqa score` wrote under an output folder/prefix, as one table.
+
+Score files are read whole, in name order, and concatenated; files written by bundles with and without LIQE
+differ in columns, and the missing ones come back as nulls. Two readers give the same table:
+- `read_score_set(..., use_ray=False)`: this process, with the files fetched concurrently (the CLI);
+- `read_score_set(..., use_ray=True)`: Ray Data tasks, one per batch of files, for thousands of score files
+  on a cluster (`python -m jobs.filter`). The rows still meet on the driver: rules such as "the best 10 %
+  of each group" need every score of a group in one place. Only the score columns travel, never images.
+"""
+
+from __future__ import annotations
+
+import io
+import posixpath
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from pipelines.storage import Storage, StorageError
+
+REQUIRED_COLUMNS = ("key", "source", "shard", "status", "score")
+FILES_PER_RAY_TASK = 64
+
+
+class ScoreSetError(ValueError):
+    """A score file or metadata table does not have the columns it needs."""
+
+
+def list_parquet(uri: str, storage: Storage) -> list[str]:
+    """URIs of the `*.parquet` files directly under `uri` (or `uri` itself when it is one), sorted by name.
+
+    Hidden and underscore-prefixed files (temporaries, `_manifest.json` companions) are skipped.
+    """
+    fs, root = storage.filesystem(uri)
+    try:
+        if fs.isfile(root):
+            return [storage.uri(fs, root)]
+        if not fs.isdir(root):
+            raise StorageError(f"{uri} does not exist")
+        paths = fs.glob(posixpath.join(root, "*.parquet"))
+    except StorageError:
+        raise
+    except Exception as exc:
+        raise StorageError(f"cannot list {uri}: {type(exc).__name__}: {exc}") from None
+    names = sorted(p for p in paths if not posixpath.basename(p).startswith((".", "_")))
+    if not names:
+        raise StorageError(f"{uri} holds no .parquet files")
+    return [storage.uri(fs, p) for p in names]
+
+
+def read_parquet_files(uris: list[str], storage: Storage) -> pa.Table:
+    """The tables of `uris`, concatenated in the given order (columns missing from a file become nulls)."""
+    if not uris:
+        raise StorageError("no .parquet files to read")
+    fs, _ = storage.filesystem(uris[0])
+    paths = [storage.filesystem(uri)[1] for uri in uris]
+    try:
+        payloads = fs.cat(paths, on_error="raise")  # concurrent on object stores
+    except Exception as exc:
+        raise StorageError(f"cannot read {len(uris)} parquet files: {type(exc).__name__}: {exc}") from None
+    tables = []
+    for uri, path in zip(uris, paths, strict=True):
+        try:
+            tables.append(pq.read_table(io.BytesIO(payloads[path])))
+        except Exception as exc:
+            raise ScoreSetError(f"{uri} is not a readable parquet file: {exc}") from None
+    return pa.concat_tables(tables, promote_options="default")
+
+
+def read_score_set(uri: str, files: list[str], storage: Storage, use_ray: bool = False) -> pa.Table:
+    """Every row of the score files `files` (from `list_parquet(uri)`); see the module docstring for the readers."""
+    table = _read_with_ray(files, storage) if use_ray else read_parquet_files(files, storage)
+    missing = [name for name in REQUIRED_COLUMNS if name not in table.column_names]
+    if missing:
+        raise ScoreSetError(f"{uri} does not look like `piqa score` output: no column(s) {', '.join(missing)}")
+    return table
+
+
+def _read_with_ray(files: list[str], storage: Storage) -> pa.Table:
+    import ray
+
+    from pipelines.runtime import ensure_ray
+
+    ensure_ray()
+    batches = [files[start : start + FILES_PER_RAY_TASK] for start in range(0, len(files), FILES_PER_RAY_TASK)]
+    ds = ray.data.from_items([{"batch": n, "files": batch} for n, batch in enumerate(batches)])
+    ds = ds.map_batches(_read_batch, batch_size=1, batch_format="pyarrow", fn_kwargs={"storage": storage})
+    parts = sorted(ds.take_all(), key=lambda row: row["batch"])
+    tables = [pq.read_table(io.BytesIO(part["table"])) for part in parts]
+    return pa.concat_tables(tables, promote_options="default")
+
+
+def _read_batch(batch: pa.Table, *, storage: Storage) -> pa.Table:
+    """Task: one batch of score files in, one Parquet-encoded table out (Arrow blocks need one schema)."""
+    [row] = batch.to_pylist()
+    buffer = io.BytesIO()
+    pq.write_table(read_parquet_files(row["files"], storage), buffer)
+    return pa.table({"batch": [row["batch"]], "table": [buffer.getvalue()]})
+
+
+def join_column(scores: pa.Table, metadata: pa.Table, column: str, key: str = "key") -> pa.Table:
+    """`scores` plus `column` taken from `metadata` by matching `metadata[key]` to `scores["key"]`.
+
+    Scores without a metadata row get a null. Raises ScoreSetError when `metadata` lacks either column or
+    holds a key twice (which of its values would apply would be a guess).
+    """
+    for name in (key, column):
+        if name not in metadata.column_names:
+            columns = ", ".join(metadata.column_names)
+            raise ScoreSetError(f"metadata has no column '{name}' (columns: {columns}); set --metadata-key/--per")
+    if column in scores.column_names:
+        raise ScoreSetError(f"'{column}' is already a score column; join a differently named metadata column")
+    keys = metadata.column(key).cast(pa.string())
+    if pc.count_distinct(keys, mode="all").as_py() != len(keys):
+        raise ScoreSetError(f"metadata holds some {key} more than once; keep one row per key")
+    positions = pc.index_in(scores.column("key"), value_set=keys)
+    return scores.append_column(column, metadata.column(column).take(positions))

@@ -1,0 +1,185 @@
+"""`piqa filter` on local score files written by the real pipeline: exact counts per rule, deterministic
+manifests (local and Ray Data readers), metadata groups, resharded tars read back by the scoring pipeline."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from curation_corpus import FACELESS_KEY
+from pipeline_helpers import read_scores, score
+
+import piqa_model
+from jobs import filter as filter_job
+from jobs.cli import run
+from pipelines.curate import FilterJobConfig, run_filter
+from pipelines.fetch import SourceFormat
+from pipelines.filtering import FilterConfig
+from pipelines.readers import read_records
+from pipelines.reshard import ReshardConfig, ReshardError, reshard
+from pipelines.shards import list_shards
+from pipelines.storage import Storage
+
+pytestmark = pytest.mark.usefixtures("ray_local")
+warnings.filterwarnings("ignore", category=piqa_model.UntrainedModelWarning)
+
+PORTRAITS = 4  # ok rows with a face; plus the faceless image: 5 ok rows in shards of 3, 1, 0 and 1
+
+
+def run_rules(scored_folder, out: Path, **rules) -> dict[str, str]:
+    """Filter with `rules`; key -> decided_by over the kept and dropped manifests."""
+    run_filter(FilterJobConfig(scored_folder.scores, str(out), FilterConfig(**rules), emit_dropped=True))
+    rows = pq.read_table(out / "kept.parquet").to_pylist() + pq.read_table(out / "dropped.parquet").to_pylist()
+    return {row["key"]: row["decided_by"] for row in rows}
+
+
+def kept_keys(decisions: dict[str, str]) -> list[str]:
+    return sorted(key for key, rule in decisions.items() if rule == "kept")
+
+
+def ok_scores(scored_folder) -> dict[str, float]:
+    return {r["key"]: r["score"] for r in read_scores(scored_folder.scores).to_pylist() if r["status"] == "ok"}
+
+
+def ok_keys_by_score(scored_folder) -> list[str]:
+    return sorted(ok_scores(scored_folder), key=lambda key: (-ok_scores(scored_folder)[key], key))
+
+
+def test_the_corpus_has_rows_for_every_rule(scored_folder):
+    rows = {r["key"]: r for r in read_scores(scored_folder.scores).to_pylist()}
+    assert len(rows) == 10 and sum(r["status"] == "ok" for r in rows.values()) == PORTRAITS + 1
+    assert rows[FACELESS_KEY]["num_faces"] == 0 and rows[FACELESS_KEY]["face_prob"] is None
+    assert all(r["num_faces"] >= 1 for k, r in rows.items() if r["status"] == "ok" and k != FACELESS_KEY)
+
+
+@pytest.mark.parametrize(
+    ("rules", "kept", "dropped_by"),
+    [
+        ({}, 5, {"status": 5}),
+        ({"statuses": ("ok", "decode_error")}, 8, {"status": 2}),
+        ({"require_face": True}, 4, {"status": 5, "require_face": 1}),
+        ({"min_face_prob": 0.5}, 4, {"status": 5, "min_face_prob": 1}),
+        ({"top_fraction": 0.5}, 3, {"status": 5, "top_fraction": 2}),  # round(2.5) = 3
+        ({"top_fraction": 0.5, "per": "shard"}, 4, {"status": 5, "top_fraction": 1}),  # 2 + 1 + 0 + 1
+        ({"bottom_fraction": 0.2}, 4, {"status": 5, "bottom_fraction": 1}),
+        ({"require_face": True, "top_fraction": 0.25}, 1, {"status": 5, "require_face": 1, "top_fraction": 3}),
+    ],
+)
+def test_exact_counts_per_rule(scored_folder, tmp_path, rules, kept, dropped_by):
+    decisions = run_rules(scored_folder, tmp_path / "out", **rules)
+    assert len(decisions) == 10
+    assert len(kept_keys(decisions)) == kept
+    counts = {rule: list(decisions.values()).count(rule) for rule in set(decisions.values()) - {"kept"}}
+    assert counts == dropped_by
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["kept"] == kept and summary["by_rule"] == {**dropped_by, "kept": kept}
+
+
+def test_min_score_and_top_fraction_keep_the_best(scored_folder, tmp_path):
+    best = ok_keys_by_score(scored_folder)
+    decisions = run_rules(scored_folder, tmp_path / "a", min_score=ok_scores(scored_folder)[best[2]])
+    assert kept_keys(decisions) == sorted(best[:3])
+    assert kept_keys(run_rules(scored_folder, tmp_path / "b", top_fraction=0.5)) == sorted(best[:3])
+    assert kept_keys(run_rules(scored_folder, tmp_path / "c", bottom_fraction=0.2)) == sorted(best[:4])
+
+
+def test_groups_from_a_metadata_parquet(scored_folder, tmp_path):
+    cameras = {"a/": "dslr", "b/": "phone"}  # portraits 0 and 2 in a/, 1 and 3 in b/; the faceless image: none
+    keys = read_scores(scored_folder.scores)["key"].to_pylist()
+    camera = [next((c for prefix, c in cameras.items() if k.startswith(prefix)), None) for k in keys]
+    pq.write_table(pa.table({"key": keys, "camera": camera}), tmp_path / "meta.parquet")
+    config = FilterJobConfig(
+        scored_folder.scores,
+        str(tmp_path / "out"),
+        FilterConfig(top_fraction=0.5, per="camera"),
+        metadata=str(tmp_path / "meta.parquet"),
+    )
+    outcome = run_filter(config)
+    assert [(g.group, g.rows, g.kept) for g in outcome.summary.groups] == [
+        ("dslr", 2, 1),
+        ("phone", 2, 1),
+        (None, 6, 1),
+    ]
+    kept = pq.read_table(tmp_path / "out" / "kept.parquet")
+    assert kept.column_names == ["key", "source", "score", "status", "camera", "decided_by"]
+    best = ok_keys_by_score(scored_folder)
+    assert sorted(kept["key"].to_pylist()) == sorted(
+        [next(k for k in best if k.startswith(p)) for p in cameras] + [FACELESS_KEY]
+    )
+
+
+def test_manifests_are_byte_identical_across_runs_and_readers(scored_folder, tmp_path):
+    rules = FilterConfig(top_fraction=0.5, per="shard", require_face=True)
+    for name, use_ray in (("first", False), ("again", False), ("ray", True)):
+        run_filter(
+            FilterJobConfig(scored_folder.scores, str(tmp_path / name), rules, emit_dropped=True, use_ray=use_ray)
+        )
+    for file in ("kept.parquet", "dropped.parquet", "summary.json"):
+        first = (tmp_path / "first" / file).read_bytes()
+        assert first == (tmp_path / "again" / file).read_bytes() == (tmp_path / "ray" / file).read_bytes(), file
+
+
+def test_resharded_tars_read_back_with_the_same_keys_bytes_and_scores(scored_folder, tmp_path):
+    storage = Storage()
+    config = FilterJobConfig(
+        scored_folder.scores, str(tmp_path / "out"), reshard=ReshardConfig(str(tmp_path / "tars"), 2)
+    )
+    outcome = run_filter(config)
+    kept = pq.read_table(tmp_path / "out" / "kept.parquet").to_pylist()
+    assert outcome.resharded.samples == len(kept) == PORTRAITS + 1
+    assert sorted(p.name for p in (tmp_path / "tars").iterdir()) == [
+        "kept-000000.tar",
+        "kept-000001.tar",
+        "kept-000002.tar",
+    ]
+
+    shards = list_shards(str(tmp_path / "tars"), storage)
+    records = [record for shard in shards for record in read_records(shard, storage)]
+    assert [r.key for r in records] == [row["key"] for row in kept]  # the manifest's order
+    for record in records:
+        assert record.data == (scored_folder.corpus.root / record.key).read_bytes()
+    sidecars = {row["key"]: row["score"] for row in kept}
+    rescored = score(tmp_path / "tars", tmp_path / "rescored")
+    assert rescored.counts == {"ok": len(kept)}
+    again = {r["key"]: r["score"] for r in read_scores(tmp_path / "rescored").to_pylist()}
+    assert again.keys() == sidecars.keys()
+    assert again == pytest.approx(sidecars, abs=1e-5)
+
+    run_filter(
+        FilterJobConfig(scored_folder.scores, str(tmp_path / "out"), reshard=ReshardConfig(str(tmp_path / "tars"), 5))
+    )
+    assert [p.name for p in (tmp_path / "tars").iterdir()] == ["kept-000000.tar"], "stale tars left behind"
+
+
+def test_a_sample_gone_from_its_source_fails_the_reshard_by_name(scored_folder, tmp_path):
+    kept = pq.read_table(Path(scored_folder.scores) / "files-000000.parquet").select(["key", "source", "score"])
+    moved = kept.set_column(1, "source", pa.array([str(tmp_path / "gone.jpg")] + kept["source"].to_pylist()[1:]))
+    with pytest.raises(ReshardError, match=r"1 kept samples cannot be read.*gone\.jpg.*FileNotFoundError"):
+        reshard(moved, ReshardConfig(str(tmp_path / "tars"), 2), Storage(), SourceFormat())
+    assert [p.name for p in (tmp_path / "tars").glob("*.tar")] == ["kept-000001.tar"]
+
+
+def test_python_m_jobs_filter(scored_folder, tmp_path, capsys):
+    argv = [scored_folder.scores, "--out", str(tmp_path / "out"), "--top-fraction", "0.5", "--per", "shard"]
+    assert run([*argv, "--report", "--emit-dropped"], filter_job.build_parser) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "kept 4 of 10 rows (6 dropped); decided by: status 5, top_fraction 1, kept 4"
+    assert {p.name for p in (tmp_path / "out").iterdir()} == {
+        "kept.parquet",
+        "dropped.parquet",
+        "summary.json",
+        "report.html",
+    }
+
+    assert run([*argv[:3], "--per", "liqe_scene", "--top-fraction", "0.5"], filter_job.build_parser) == 1
+    error = capsys.readouterr().err.strip().splitlines()[-1]  # after any Ray Data progress lines
+    assert error.startswith("python -m jobs.filter: error: no column(s) liqe_scene in the scores")
+    assert run([*argv[:3], "--top-fraction", "2"], filter_job.build_parser) == 1
+    assert "top_fraction must be between 0 and 1, got 2.0" in capsys.readouterr().err
+    assert run([str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")], filter_job.build_parser) == 1
+    assert capsys.readouterr().err.strip() == f"python -m jobs.filter: error: {tmp_path / 'nowhere'} does not exist"
+    assert not (tmp_path / "o").exists()

@@ -1,0 +1,44 @@
+"""Speed options keep the scores: fused window attention (always on) and bf16 autocast (opt-in)."""
+
+from __future__ import annotations
+
+import copy
+import warnings
+
+import pytest
+import torch
+
+import piqa_model
+from piqa_model.swin import use_fused_attention
+
+
+@pytest.fixture(scope="module")
+def crops() -> torch.Tensor:
+    generator = torch.Generator().manual_seed(0)
+    return torch.randint(0, 256, (2, 5, 3, 384, 384), dtype=torch.uint8, generator=generator)
+
+
+@pytest.fixture(scope="module")
+def net() -> piqa_model.DualBranchNet:
+    torch.manual_seed(0)
+    return piqa_model.DualBranchNet(piqa_model.preset("small")).eval()
+
+
+def test_fused_window_attention_gives_the_plain_scores(net, crops):
+    plain = copy.deepcopy(net)
+    use_fused_attention(plain, enabled=False)
+    with torch.inference_mode():
+        torch.testing.assert_close(net.score_images(crops, crops), plain.score_images(crops, crops), atol=1e-5, rtol=0)
+
+
+def test_bf16_scores_stay_within_a_stated_tolerance_of_fp32(portrait_paths, tmp_path):
+    net = piqa_model.DualBranchNet(piqa_model.preset("small"))
+    bundle = piqa_model.save_bundle(net, tmp_path / "b", piqa_model.BundleInfo("t", trained=True))
+    images = [p.read_bytes() for p in portrait_paths["congress"][:2] + portrait_paths["london"][:1]]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fp32 = piqa_model.load_bundle(bundle).score(images)
+        bf16 = piqa_model.load_bundle(bundle, precision="bf16").score(images)
+    for full, half in zip(fp32, bf16, strict=True):
+        assert half["score"] == pytest.approx(full["score"], abs=2e-2)
+        assert half["face_box"] == full["face_box"]
