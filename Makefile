@@ -30,7 +30,9 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/piqa score samples/portraits --out demo-out/scores --shard-size 4 --overwrite
 	$(BIN)/piqa show demo-out/scores
-	@echo "scores: demo-out/scores/*.parquet (run manifest: demo-out/scores/_manifest.json)"
+	$(BIN)/piqa filter demo-out/scores --out demo-out/curated --require-face --top-fraction 0.5 --report \
+		--reshard-to demo-out/curated/tars --shard-size 4
+	@echo "scores: demo-out/scores/*.parquet (manifest: _manifest.json); curated: demo-out/curated/ (report.html)"
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

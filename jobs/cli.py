@@ -182,6 +182,17 @@ def build_parser() -> Parser:
     importer.add_argument("--out", required=True, help="bundle directory to write")
     importer.add_argument("--name", default="dn-piqa", help="bundle name")
     importer.set_defaults(run=cmd_import)
+
+    from jobs import filter as filter_job  # these import this module: import them here, not at the top
+    from jobs import report as report_job
+
+    curate = commands.add_parser("filter", help="keep the portraits that pass quality rules; reshard; report")
+    filter_job.add_arguments(curate)
+    curate.set_defaults(run=filter_job.cmd)
+
+    report = commands.add_parser("report", help="write a self-contained HTML report of a score set")
+    report_job.add_arguments(report)
+    report.set_defaults(run=report_job.cmd)
     return parser
 
 

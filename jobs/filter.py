@@ -39,7 +39,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     outputs.add_argument("--report", action="store_true", help="also write report.html (kept vs dropped)")
     outputs.add_argument("--reshard-to", metavar="DIR", help="write the kept images into WebDataset tars here")
     outputs.add_argument("--shard-size", type=int, default=1000, help="samples per resharded tar")
-    parser.add_argument("--ray", action="store_true", help="read the score files with Ray Data tasks")
+    parser.add_argument(
+        "--ray",
+        action="store_true",
+        help="read the score files with Ray Data tasks (always on for python -m jobs.filter)",
+    )
     add_source_arguments(parser)
 
 

@@ -5,8 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from jobs.cli import Parser, run
+
+if TYPE_CHECKING:
+    from pipelines.fetch import SourceFormat
 
 
 def add_source_arguments(parser: argparse.ArgumentParser) -> None:
@@ -16,7 +20,7 @@ def add_source_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--s3-endpoint", help="S3-compatible endpoint URL (default: $AWS_ENDPOINT_URL)")
 
 
-def source_format_from_args(args: argparse.Namespace):
+def source_format_from_args(args: argparse.Namespace) -> SourceFormat:
     from pipelines.fetch import SourceFormat
 
     return SourceFormat(image_column=args.image_column, key_column=args.key_column)

@@ -25,7 +25,13 @@ from pipelines.fetch import SourceFormat
 from pipelines.filtering import FilterConfig, FilterSummary, decide, manifest, summarize
 from pipelines.report import ReportConfig, build_report, write_report
 from pipelines.reshard import ReshardConfig, ReshardSummary, reshard
-from pipelines.scoreset import join_column, list_parquet, read_parquet_files, read_score_set
+from pipelines.scoreset import (
+    join_column,
+    list_parquet,
+    read_parquet_files,
+    read_score_set,
+    scored_by_trained_model,
+)
 from pipelines.storage import Storage
 
 KEPT_FILE, DROPPED_FILE, SUMMARY_FILE, REPORT_FILE = "kept.parquet", "dropped.parquet", "summary.json", "report.html"
@@ -79,7 +85,7 @@ def run_filter(config: FilterJobConfig) -> FilterOutcome:
     if config.emit_dropped:
         outputs[DROPPED_FILE] = _parquet_bytes(manifest(decided, config.rules, kept=False))
     document = {"scores": config.scores, "metadata": config.metadata, "rules": config.rules.to_dict()}
-    outputs[SUMMARY_FILE] = json.dumps(document | summary.to_dict(), indent=2).encode()
+    outputs[SUMMARY_FILE] = json.dumps(document | summary.to_dict(), indent=2, default=str).encode()
     written = []
     for name, payload in outputs.items():
         written.append(_join(config.output, name))
@@ -91,7 +97,8 @@ def run_filter(config: FilterJobConfig) -> FilterOutcome:
             source_format=config.source_format,
         )
         written.append(_join(config.output, REPORT_FILE))
-        write_report(written[-1], build_report(decided, storage, report, config.scores), storage)
+        trained = scored_by_trained_model(config.scores, storage)
+        write_report(written[-1], build_report(decided, storage, report, config.scores, trained), storage)
     resharded = None
     if config.reshard:
         resharded = reshard(kept, config.reshard, storage, config.source_format)

@@ -28,14 +28,18 @@ from matplotlib.figure import Figure  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
 
 from pipelines.fetch import SourceFormat, fetch_records  # noqa: E402
-from pipelines.filtering import DECIDED_BY, KEPT, NULL_GROUP  # noqa: E402
-from pipelines.scoreset import list_parquet, read_score_set  # noqa: E402
+from pipelines.filtering import DECIDED_BY, KEPT, NULL_GROUP, RULES  # noqa: E402
+from pipelines.scoreset import list_parquet, read_score_set, scored_by_trained_model  # noqa: E402
 from pipelines.storage import Storage  # noqa: E402
 from piqa_model.images import open_image  # noqa: E402
 
 PERCENTILES = (("lowest", 0.0), ("10 %", 0.1), ("median", 0.5), ("90 %", 0.9), ("highest", 1.0))
 ERROR_EXAMPLES = 3
 KEPT_COLOR, DROPPED_COLOR, BOX_COLOR = "#2e7d32", "#b0b0b0", "#ffb300"
+
+
+class ReportError(ValueError):
+    """The report cannot be drawn as asked (a group column that the scores lack)."""
 
 
 @dataclass(frozen=True)
@@ -47,14 +51,23 @@ class ReportConfig:
     source_format: SourceFormat = field(default_factory=SourceFormat)
 
 
-def build_report(table: pa.Table, storage: Storage, config: ReportConfig, scores_uri: str) -> str:
-    """The HTML page for a score table (with a `decided_by` column: a filter report, kept vs dropped)."""
+def build_report(
+    table: pa.Table, storage: Storage, config: ReportConfig, scores_uri: str, model_trained: bool = True
+) -> str:
+    """The HTML page for a score table (with a `decided_by` column: a filter report, kept vs dropped).
+
+    `model_trained=False` puts a warning on top: scores of random weights must not curate anything.
+    """
     if config.group not in table.column_names or pa.types.is_nested(table.schema.field(config.group).type):
-        raise ValueError(f"cannot group the report by '{config.group}': not a scalar column of the scores")
+        columns = ", ".join(
+            name for name in table.column_names if not pa.types.is_nested(table.schema.field(name).type)
+        )
+        raise ReportError(f"cannot group the report by '{config.group}': pick a scalar score column ({columns})")
     filtered = DECIDED_BY in table.column_names
     scored = table.filter(pc.is_valid(table["score"]))
     sections = [
         f"<h1>{_text(config.title)}</h1>",
+        "" if model_trained else _UNTRAINED,
         _headline(table, scores_uri, filtered),
         "<h2>Score distribution</h2>",
         f'<img id="histogram" alt="score histogram" src="{_data_uri(_histogram_png(scored, filtered), "image/png")}">',
@@ -81,7 +94,8 @@ def write_report(uri: str, page: str, storage: Storage) -> None:
 def report_score_set(scores_uri: str, output_uri: str, config: ReportConfig, storage: Storage) -> pa.Table:
     """Read the score set at `scores_uri`, write its page to `output_uri`; returns the scores it read."""
     table = read_score_set(scores_uri, list_parquet(scores_uri, storage), storage)
-    write_report(output_uri, build_report(table, storage, config, scores_uri), storage)
+    trained = scored_by_trained_model(scores_uri, storage)
+    write_report(output_uri, build_report(table, storage, config, scores_uri, trained), storage)
     return table
 
 
@@ -153,10 +167,10 @@ def _thumbnails(scored: pa.Table, storage: Storage, config: ReportConfig, filter
         if filtered:
             kept = row[DECIDED_BY] == KEPT
             verdict = "kept" if kept else f"dropped by {row[DECIDED_BY]}"
-            decision = f'<span class="{"kept" if kept else "dropped"}">{_text(verdict)}</span>'
+            decision = f'<span class="{"kept" if kept else "dropped"}">{_text(verdict)}</span><br>'
         cards.append(
             f'<figure class="thumb" data-percentile="{_text(label)}">{visual}<figcaption>'
-            f"<b>{_text(label)}</b> score {row['score']:.4f} {decision}<br><code>{_text(row['key'])}</code>"
+            f"<b>{_text(label)}</b> score {row['score']:.4f}<br>{decision}<code>{_text(row['key'])}</code>"
             "</figcaption></figure>"
         )
     return f'<div id="percentiles">{"".join(cards)}</div>'
@@ -211,8 +225,8 @@ def _status_table(table: pa.Table) -> str:
 
 
 def _rule_table(table: pa.Table) -> str:
-    counts = sorted(pc.value_counts(table[DECIDED_BY]).to_pylist(), key=lambda entry: -entry["counts"])
-    rows = [[_text(entry["values"]), str(entry["counts"])] for entry in counts]
+    counts = {entry["values"]: entry["counts"] for entry in pc.value_counts(table[DECIDED_BY]).to_pylist()}
+    rows = [[_text(rule), str(counts[rule])] for rule in (KEPT, *RULES) if rule in counts]
     return _table("rules", ["decided by", "rows"], rows)
 
 
@@ -259,6 +273,10 @@ def _data_uri(data: bytes, media_type: str) -> str:
     return f"data:{media_type};base64,{base64.b64encode(data).decode()}"
 
 
+_UNTRAINED = (
+    '<p id="untrained"><b>Untrained model:</b> these scores come from random weights and mean nothing. '
+    "Score again with trained weights (<code>piqa weights import-dnpiqa</code>) before curating with them.</p>"
+)
 _PAGE = """<!DOCTYPE html>
 <html lang="en">
 <head>
@@ -275,13 +293,14 @@ h1 {{ margin-bottom: 4px; }} h2 {{ margin-top: 28px; border-bottom: 1px solid #d
 #histogram {{ max-width: 100%; }}
 #percentiles {{ display: flex; gap: 12px; flex-wrap: wrap; }}
 .thumb {{ margin: 0; width: 224px; }} .thumb img {{ display: block; max-width: 224px; border-radius: 4px; }}
-.thumb figcaption {{ font-size: 12px; margin-top: 4px; word-break: break-all; }}
+.thumb figcaption {{ font-size: 12px; margin-top: 4px; }} .thumb code {{ word-break: break-all; }}
 .missing {{ width: 224px; height: 160px; background: #eee; color: #a00; font-size: 12px; padding: 8px; }}
 .kept {{ color: #2e7d32; font-weight: bold; }} .dropped {{ color: #a00; font-weight: bold; }}
 table {{ border-collapse: collapse; margin: 8px 0; }}
 th, td {{ border: 1px solid #ddd; padding: 3px 8px; text-align: left; vertical-align: top; }}
 th {{ background: #f4f6f8; }} td code {{ font-size: 12px; }}
 .more {{ color: #666; }}
+#untrained {{ background: #fdecea; color: #8a1c1c; border: 1px solid #f5c2c0; padding: 8px 12px; }}
 </style>
 </head>
 <body>

@@ -77,7 +77,10 @@ def reshard(kept: pa.Table, config: ReshardConfig, storage: Storage, source_form
     storage.check_writable(config.output)
     rows = kept.to_pylist()
     starts = range(0, len(rows), config.shard_size)
-    items = [{"tar": n, "rows": json.dumps(rows[start : start + config.shard_size])} for n, start in enumerate(starts)]
+    items = [
+        {"tar": n, "rows": json.dumps(rows[start : start + config.shard_size], default=str)}
+        for n, start in enumerate(starts)
+    ]
     results: list[dict[str, Any]] = []
     if items:
         ensure_ray()
@@ -122,7 +125,7 @@ def _write_tar(batch: pa.Table, *, output: str, storage: Storage, source_format:
             continue
         extension = file_extension(record.data, row["source"])
         members.append((f"{row['key']}.{extension}", record.data))
-        members.append((f"{row['key']}.json", json.dumps(row, sort_keys=True).encode()))
+        members.append((f"{row['key']}.json", json.dumps(row, sort_keys=True, default=str).encode()))
     uri = posixpath.join(output.rstrip("/"), TAR_NAME.format(item["tar"]))
     payload = b"" if problems else _tar_bytes(members)
     if not problems:

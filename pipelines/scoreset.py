@@ -11,12 +11,16 @@ differ in columns, and the missing ones come back as nulls. Two readers give the
 from __future__ import annotations
 
 import io
+import json
 import posixpath
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+import ray
 
+from pipelines.runtime import ensure_ray
+from pipelines.score import MANIFEST
 from pipelines.storage import Storage, StorageError
 
 REQUIRED_COLUMNS = ("key", "source", "shard", "status", "score")
@@ -78,10 +82,6 @@ def read_score_set(uri: str, files: list[str], storage: Storage, use_ray: bool =
 
 
 def _read_with_ray(files: list[str], storage: Storage) -> pa.Table:
-    import ray
-
-    from pipelines.runtime import ensure_ray
-
     ensure_ray()
     batches = [files[start : start + FILES_PER_RAY_TASK] for start in range(0, len(files), FILES_PER_RAY_TASK)]
     ds = ray.data.from_items([{"batch": n, "files": batch} for n, batch in enumerate(batches)])
@@ -97,6 +97,21 @@ def _read_batch(batch: pa.Table, *, storage: Storage) -> pa.Table:
     buffer = io.BytesIO()
     pq.write_table(read_parquet_files(row["files"], storage), buffer)
     return pa.table({"batch": [row["batch"]], "table": [buffer.getvalue()]})
+
+
+def scored_by_trained_model(uri: str, storage: Storage) -> bool:
+    """False when the last scoring run into `uri` says its model was untrained (random weights).
+
+    `piqa score` records that in `_manifest.json`; a score set without one is given the benefit of the doubt.
+    """
+    fs, root = storage.filesystem(uri)
+    path = posixpath.join(root, MANIFEST)
+    if not fs.isfile(path):
+        return True
+    try:
+        return bool(json.loads(fs.cat_file(path)).get("model_trained", True))
+    except ValueError:  # not JSON: not a manifest of ours
+        return True
 
 
 def join_column(scores: pa.Table, metadata: pa.Table, column: str, key: str = "key") -> pa.Table:

@@ -4,7 +4,6 @@ manifests (local and Ray Data readers), metadata groups, resharded tars read bac
 from __future__ import annotations
 
 import json
-import warnings
 from pathlib import Path
 
 import pyarrow as pa
@@ -13,7 +12,6 @@ import pytest
 from curation_corpus import FACELESS_KEY
 from pipeline_helpers import read_scores, score
 
-import piqa_model
 from jobs import filter as filter_job
 from jobs.cli import run
 from pipelines.curate import FilterJobConfig, run_filter
@@ -24,8 +22,10 @@ from pipelines.reshard import ReshardConfig, ReshardError, reshard
 from pipelines.shards import list_shards
 from pipelines.storage import Storage
 
-pytestmark = pytest.mark.usefixtures("ray_local")
-warnings.filterwarnings("ignore", category=piqa_model.UntrainedModelWarning)
+pytestmark = [
+    pytest.mark.usefixtures("ray_local"),
+    pytest.mark.filterwarnings("ignore::piqa_model.UntrainedModelWarning"),
+]
 
 PORTRAITS = 4  # ok rows with a face; plus the faceless image: 5 ok rows in shards of 3, 1, 0 and 1
 
