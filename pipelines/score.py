@@ -133,23 +133,13 @@ def _build_dataset(
     )
     if gpus > 0:
         cpus = config.cpus_per_actor or 1.0
-        score_args = dict(bundle_files=files, precision=config.precision, threads=math.ceil(cpus))
+        actor_options = dict(batch_size=batch_size, batch_format="numpy", num_cpus=cpus)
         ds = ds.map_batches(
-            Prepare,
-            fn_constructor_kwargs=prepare_args,
-            compute=_pool(config.prepare_actors),
-            batch_size=batch_size,
-            batch_format="numpy",
-            num_cpus=cpus,
+            Prepare, fn_constructor_kwargs=prepare_args, compute=_pool(config.prepare_actors), **actor_options
         )
+        score_args = dict(bundle_files=files, precision=config.precision, threads=math.ceil(cpus))
         return ds.map_batches(
-            Score,
-            fn_constructor_kwargs=score_args,
-            compute=_pool(config.score_actors),
-            batch_size=batch_size,
-            batch_format="numpy",
-            num_cpus=cpus,
-            num_gpus=gpus,
+            Score, fn_constructor_kwargs=score_args, compute=_pool(config.score_actors), num_gpus=gpus, **actor_options
         )
     # No GPU: fused actors that leave CPU for the read tasks (a pool holding every CPU starves them).
     node_cpus = min(n["Resources"].get("CPU", 1.0) for n in ray.nodes() if n["Alive"])
