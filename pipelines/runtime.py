@@ -52,10 +52,17 @@ def ensure_ray() -> None:
         return
     apply_local_hygiene()
     env_vars = {name: os.environ[name] for name in SHARED_ENV if name in os.environ}
-    ray.init(
-        address="local",
-        runtime_env={"env_vars": env_vars},
-        log_to_driver=False,
-        include_dashboard=False,
-        _node_ip_address="127.0.0.1",  # a local run talks over loopback only
-    )
+    start_local_ray(runtime_env={"env_vars": env_vars}, log_to_driver=False)
+
+
+def start_local_ray(**options) -> None:
+    """A single-node Ray on 127.0.0.1, without a dashboard.
+
+    `ray.init` maps 127.0.0.1 to the machine's network address unless multi-node clusters are switched off
+    (Ray's switch, also read from RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER); a local run switches them off so all
+    its traffic stays on loopback. `ray start --node-ip-address=127.0.0.1` is the way for multi-node setups.
+    """
+    from ray._private import ray_constants
+
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    ray.init(address="local", include_dashboard=False, _node_ip_address="127.0.0.1", **options)

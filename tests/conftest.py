@@ -67,7 +67,9 @@ def ray_local(s3_endpoint: str):
     """A real local Ray cluster (2 CPUs) for in-process pipeline runs."""
     import ray
 
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
+    from pipelines.runtime import start_local_ray
+
+    start_local_ray(num_cpus=2, log_to_driver=False)
     yield
     ray.shutdown()
 
