@@ -6,16 +6,11 @@ PYTHON ?= python3
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-# Network hygiene: nothing talks to any address but loopback (see ../shared/docs/design.md).
-export RAY_USAGE_STATS_ENABLED=0
-export MLFLOW_DISABLE_TELEMETRY=true
-export DO_NOT_TRACK=true
-export AWS_EC2_METADATA_DISABLED=true
-export HF_HUB_OFFLINE=1
-export HTTP_PROXY=http://127.0.0.1:9
-export HTTPS_PROXY=http://127.0.0.1:9
-export NO_PROXY=127.0.0.1,localhost
-export RAY_AUTH_MODE=disabled
+# Network hygiene for every run and test: nothing talks to any address but loopback (../shared/docs/design.md).
+# Not for the install step, which needs the package index (the dead proxy would block it).
+HYGIENE := env RAY_USAGE_STATS_ENABLED=0 MLFLOW_DISABLE_TELEMETRY=true DO_NOT_TRACK=true \
+	AWS_EC2_METADATA_DISABLED=true HF_HUB_OFFLINE=1 HTTP_PROXY=http://127.0.0.1:9 HTTPS_PROXY=http://127.0.0.1:9 \
+	NO_PROXY=127.0.0.1,localhost RAY_AUTH_MODE=disabled
 
 .PHONY: venv demo test lint bench clean
 
@@ -28,9 +23,9 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/piqa score samples/portraits --out demo-out/scores --shard-size 4 --overwrite
-	$(BIN)/piqa show demo-out/scores
-	$(BIN)/piqa filter demo-out/scores --out demo-out/curated --require-face --top-fraction 0.5 --report \
+	$(HYGIENE) $(BIN)/piqa score samples/portraits --out demo-out/scores --shard-size 4 --overwrite
+	$(HYGIENE) $(BIN)/piqa show demo-out/scores
+	$(HYGIENE) $(BIN)/piqa filter demo-out/scores --out demo-out/curated --require-face --top-fraction 0.5 --report \
 		--reshard-to demo-out/curated/tars --shard-size 4
 	@echo "scores: demo-out/scores/*.parquet (manifest: _manifest.json); curated: demo-out/curated/ (report.html)"
 
@@ -39,10 +34,10 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 
 test: lint
-	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=15
+	$(HYGIENE) $(BIN)/python -m pytest -q -p no:cacheprovider --durations=15
 
 bench: $(STAMP)
-	$(BIN)/python bench/pipeline_throughput.py
+	$(HYGIENE) $(BIN)/python bench/pipeline_throughput.py
 
 clean:
 	rm -rf demo-out bench/out .pytest_cache
