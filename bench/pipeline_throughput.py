@@ -93,15 +93,12 @@ class StageTimes:
 
 
 @dataclass
-class LoopResult:
-    """One in-process run over all images (the naive loop, or the bound at one batch size)."""
+class Timed:
+    """A timed run over some images."""
 
     name: str
-    batch_size: int
     images: int
     seconds: float
-    stages: StageTimes
-    scores: dict[str, float] = field(repr=False)
 
     @property
     def images_per_second(self) -> float:
@@ -110,33 +107,33 @@ class LoopResult:
     def to_dict(self) -> dict[str, Any]:
         return {
             "name": self.name,
-            "batch_size": self.batch_size,
             "images": self.images,
             "seconds": round(self.seconds, 3),
             "images_per_second": round(self.images_per_second, 3),
+        }
+
+
+@dataclass
+class LoopResult(Timed):
+    """One in-process run over all images (the naive loop, or the bound at one batch size)."""
+
+    batch_size: int = 1
+    stages: StageTimes = field(default_factory=StageTimes)
+    scores: dict[str, float] = field(default_factory=dict, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return super().to_dict() | {
+            "batch_size": self.batch_size,
             "stage_ms_per_image": self.stages.per_image_ms(self.images),
         }
 
 
 @dataclass
-class PipelineRun:
-    name: str
-    images: int
-    seconds: float
-    counts: dict[str, int]
-
-    @property
-    def images_per_second(self) -> float:
-        return self.images / self.seconds
+class PipelineRun(Timed):
+    counts: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "images": self.images,
-            "seconds": round(self.seconds, 3),
-            "images_per_second": round(self.images_per_second, 3),
-            "counts": self.counts,
-        }
+        return super().to_dict() | {"counts": self.counts}
 
 
 def parse_args() -> argparse.Namespace:
@@ -220,7 +217,7 @@ def naive_loop(paths: list[Path], net: DualBranchNet, config: ModelConfig) -> Lo
         for path in paths:
             scores[path.name] = one(path, stages)
         seconds = time.perf_counter() - started
-    return LoopResult("naive loop", 1, len(paths), seconds, stages, scores)
+    return LoopResult("naive loop", len(paths), seconds, batch_size=1, stages=stages, scores=scores)
 
 
 def in_process(
@@ -255,14 +252,16 @@ def in_process(
     for start in range(0, len(blobs), batch_size):
         scores.update(run(blobs[start : start + batch_size], stages))
     seconds = time.perf_counter() - started
-    return LoopResult(f"in-process, batch {batch_size}", batch_size, len(blobs), seconds, stages, scores)
+    return LoopResult(
+        f"in-process, batch {batch_size}", len(blobs), seconds, batch_size=batch_size, stages=stages, scores=scores
+    )
 
 
 def pipeline_run(name: str, config: ScoreConfig) -> PipelineRun:
     started = time.perf_counter()
     summary = run_scoring(config)
     seconds = time.perf_counter() - started
-    return PipelineRun(name, summary.images, seconds, dict(summary.counts))
+    return PipelineRun(name, summary.images, seconds, counts=dict(summary.counts))
 
 
 def pipeline_scores(output: Path) -> dict[str, float]:
