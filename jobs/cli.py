@@ -8,6 +8,7 @@ import sys
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from pipelines.runtime import apply_local_hygiene
 
@@ -152,6 +153,20 @@ def _banner_if_untrained(trained: bool, model: str) -> None:
             f"!! Import real weights: piqa weights import-dnpiqa --checkpoint PIQ_model.pth ...\n{line}",
             file=sys.stderr,
         )
+
+
+def job_parser(
+    module: str,
+    description: str,
+    add_arguments: Callable[[argparse.ArgumentParser], None],
+    command: Callable[[argparse.Namespace], int],
+    **defaults: Any,
+) -> Parser:
+    """The parser of a `python -m jobs.<module>` entrypoint (what `ray job submit` runs)."""
+    parser = Parser(prog=f"python -m jobs.{module}", description=description)
+    add_arguments(parser)
+    parser.set_defaults(run=command, **defaults)
+    return parser
 
 
 def build_parser() -> Parser:

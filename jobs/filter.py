@@ -10,7 +10,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from jobs.cli import Parser, run
+from jobs.cli import Parser, job_parser, run
 from jobs.report import add_source_arguments, source_format_from_args
 
 
@@ -79,10 +79,7 @@ def cmd(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> Parser:
-    parser = Parser(prog="python -m jobs.filter", description="Filter a score set; reshard and report the result.")
-    add_arguments(parser)
-    parser.set_defaults(run=cmd, ray=True)
-    return parser
+    return job_parser("filter", "Filter a score set; reshard and report the result.", add_arguments, cmd, ray=True)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

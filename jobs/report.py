@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from jobs.cli import Parser, run
+from jobs.cli import Parser, job_parser, run
 
 if TYPE_CHECKING:
     from pipelines.fetch import SourceFormat
@@ -45,10 +45,7 @@ def cmd(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> Parser:
-    parser = Parser(prog="python -m jobs.report", description="Write an HTML report of a score set.")
-    add_arguments(parser)
-    parser.set_defaults(run=cmd)
-    return parser
+    return job_parser("report", "Write an HTML report of a score set.", add_arguments, cmd)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

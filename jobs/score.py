@@ -5,14 +5,11 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from jobs.cli import Parser, add_score_arguments, cmd_score, run
+from jobs.cli import Parser, add_score_arguments, cmd_score, job_parser, run
 
 
 def build_parser() -> Parser:
-    parser = Parser(prog="python -m jobs.score", description="Score image shards into Parquet with Ray Data.")
-    add_score_arguments(parser)
-    parser.set_defaults(run=cmd_score)
-    return parser
+    return job_parser("score", "Score image shards into Parquet with Ray Data.", add_score_arguments, cmd_score)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

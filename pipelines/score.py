@@ -21,7 +21,6 @@ from pipelines.storage import Storage
 from pipelines.writer import ShardCommitter, shard_output_uri
 from piqa_model import ModelConfig
 from piqa_model.bundle import (
-    CONFIG_FILE,
     bundle_files,
     default_bundle_path,
     read_bundle_files,
@@ -78,7 +77,7 @@ def run_scoring(config: ScoreConfig) -> RunSummary:
     net, info, bundle_id = read_bundle_files(files)
     net.check_self_contained()
     warn_if_untrained(info)
-    model_config = ModelConfig.from_dict(json.loads(files[CONFIG_FILE])["model"]).replace(crop_mode=config.crop_mode)
+    model_config = net.config.replace(crop_mode=config.crop_mode)
     if config.overwrite:
         _clear_outputs(config.output, storage)
     done = _finished_shards(config.output, storage)
@@ -163,14 +162,7 @@ def _pool(sizes: tuple[int, int]) -> ActorPoolStrategy:
 
 
 def _finished_shards(output: str, storage: Storage) -> set[str]:
-    fs, root = storage.filesystem(output)
-    if not fs.exists(root):
-        return set()
-    return {
-        posixpath.basename(p)[: -len(".parquet")]
-        for p in fs.glob(posixpath.join(root, "*.parquet"))
-        if not posixpath.basename(p).startswith((".", "_"))
-    }
+    return {posixpath.basename(uri)[: -len(".parquet")] for uri in storage.list_visible(output, "*.parquet")}
 
 
 def _clear_outputs(output: str, storage: Storage) -> None:

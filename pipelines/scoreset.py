@@ -42,15 +42,14 @@ def list_parquet(uri: str, storage: Storage) -> list[str]:
             return [storage.uri(fs, root)]
         if not fs.isdir(root):
             raise StorageError(f"{uri} does not exist")
-        paths = fs.glob(posixpath.join(root, "*.parquet"))
+        uris = storage.list_visible(uri, "*.parquet")
     except StorageError:
         raise
     except Exception as exc:
         raise StorageError(f"cannot list {uri}: {type(exc).__name__}: {exc}") from None
-    names = sorted(p for p in paths if not posixpath.basename(p).startswith((".", "_")))
-    if not names:
+    if not uris:
         raise StorageError(f"{uri} holds no .parquet files")
-    return [storage.uri(fs, p) for p in names]
+    return uris
 
 
 def read_parquet_files(uris: list[str], storage: Storage) -> pa.Table:

@@ -42,6 +42,15 @@ class Storage:
         """The URI a user would type for `path` on `fs`."""
         return fs.unstrip_protocol(path) if not _is_local(fs) else path
 
+    def list_visible(self, uri: str, pattern: str) -> list[str]:
+        """URIs of the files matching `pattern` directly under `uri`, sorted by name; hidden (`.`) and
+        underscore-prefixed names (temporaries, `_manifest.json`) are left out; [] when `uri` does not exist."""
+        fs, root = self.filesystem(uri)
+        if not fs.exists(root):
+            return []
+        paths = sorted(fs.glob(posixpath.join(root, pattern)))
+        return [self.uri(fs, p) for p in paths if not posixpath.basename(p).startswith((".", "_"))]
+
     def read_bytes(self, uri: str) -> bytes:
         fs, path = self.filesystem(uri)
         return fs.cat_file(path)
