@@ -27,6 +27,7 @@ from safetensors.torch import load, save_file
 from piqa_model.config import ModelConfig, preset
 from piqa_model.errors import WeightsError
 from piqa_model.network import DualBranchNet
+from piqa_model.registry import download_registered_bundle, is_registry_uri
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -71,7 +72,10 @@ def save_bundle(net: DualBranchNet, path: str | Path, info: BundleInfo, card: st
 
 
 def bundle_files(path: str | Path) -> dict[str, bytes]:
-    """The bytes of a bundle's config and weights, from a local directory or any fsspec URI (s3://...)."""
+    """The bytes of a bundle's config and weights, from a local directory, any fsspec URI (s3://...) or the
+    MLflow model registry (models:/NAME@ALIAS, models:/NAME/VERSION)."""
+    if is_registry_uri(str(path)):
+        path = download_registered_bundle(str(path), cache_dir())
     fs, root = fsspec.core.url_to_fs(str(path))
     files = {}
     for name in (CONFIG_FILE, WEIGHTS_FILE):

@@ -62,6 +62,10 @@ class DualBranchNet(nn.Module):
             features.append(aux.to(features[0].dtype))
         return self.quality(torch.cat(features, dim=1))
 
+    def forward(self, overall: torch.Tensor, face: torch.Tensor, aux: torch.Tensor | None = None) -> torch.Tensor:
+        """`forward_crops`, as the module's call: DistributedDataParallel synchronises gradients only through it."""
+        return self.forward_crops(overall, face, aux)
+
     def aux_features(self, image_u8: torch.Tensor) -> torch.Tensor:
         """LIQE logits [1, 495] of one native-size uint8 image [1, 3, H, W]."""
         return self.aux_from_patches(cut_patches(image_u8, self._liqe().config))
