@@ -42,17 +42,20 @@ def apply_local_hygiene() -> None:
         os.environ.setdefault(name, value)
 
 
-def ensure_ray() -> None:
-    """Join the cluster named by RAY_ADDRESS (as `ray job submit` sets it) or start a local one on loopback."""
+def ensure_ray(log_to_driver: bool = False) -> None:
+    """Join the cluster named by RAY_ADDRESS (as `ray job submit` sets it) or start a local one on loopback.
+
+    `log_to_driver`: show the workers' output here (training progress); off for the chatty scoring actors.
+    """
     if ray.is_initialized():
         return
     if os.environ.get("RAY_ADDRESS", "local") != "local":
         # A cluster (e.g. under `ray job submit`): its runtime environment is the submitter's to set.
-        ray.init(log_to_driver=False)
+        ray.init(log_to_driver=log_to_driver)
         return
     apply_local_hygiene()
     env_vars = {name: os.environ[name] for name in SHARED_ENV if name in os.environ}
-    start_local_ray(runtime_env={"env_vars": env_vars}, log_to_driver=False)
+    start_local_ray(runtime_env={"env_vars": env_vars}, log_to_driver=log_to_driver)
 
 
 def start_local_ray(**options) -> None:

@@ -1,0 +1,108 @@
+"""The retraining job's pure parts: configuration, training table, batches, promotion gate, CLI errors."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from jobs.cli import run
+from jobs.retrain import build_parser, config_from_args
+from piqa_model.errors import ConfigError
+from training.config import TrainConfig
+from training.data import group_batches
+from training.promotion import decide
+from training.sources import LabelledImage
+from training.table import build_table, select, snapshot_id
+
+
+def images(dataset: str, groups: int, per_group: int, split: str | None = None) -> list[LabelledImage]:
+    rng = np.random.default_rng(len(dataset) + groups)
+    return [
+        LabelledImage(f"/d/{dataset}/{g}/{i}.png", float(rng.normal(50, 10)), f"g{g}", dataset, split=split)
+        for g in range(groups)
+        for i in range(per_group)
+    ]
+
+
+def test_promotion_gate_promotes_and_refuses():
+    assert decide("srcc_mean", 0.7, None, 0.01).promote  # no champion yet
+    assert decide("srcc_mean", 0.795, 0.8, 0.01).promote  # worse, but within the tolerance
+    refused = decide("srcc_mean", 0.7, 0.8, 0.01)
+    assert not refused.promote and "beyond the tolerance" in refused.reason
+    assert decide("rmse_mean", 0.5, 0.6, 0.0).promote and not decide("rmse_mean", 0.7, 0.6, 0.05).promote
+    assert not decide("srcc_mean", math.nan, 0.8, 0.01).promote
+
+
+def test_table_splits_standardises_and_fingerprints():
+    synthetic = images("synthetic", groups=20, per_group=5)
+    clive = images("clive", groups=1, per_group=50)
+    piq23 = images("piq23", groups=3, per_group=10, split="train") + images("piq23t", 3, 4, split="test")
+    table = build_table([synthetic, clive, piq23], test_fraction=0.25, val_fraction=0.2, seed=0)
+
+    by_split = {s: {e.group for e in select(table, s) if e.dataset == "synthetic"} for s in ("train", "val", "test")}
+    assert by_split["test"] and by_split["val"] and by_split["train"]
+    assert not (by_split["test"] & by_split["train"]) and not (by_split["val"] & by_split["train"])  # unseen photos
+    clive_splits = Counter(e.split for e in table if e.dataset == "clive")
+    assert clive_splits["test"] > 0 and clive_splits["train"] > 0  # one group: split by image
+    assert all(e.split == "test" for e in table if e.dataset == "piq23t")  # the official split is kept
+    assert all(e.split in ("train", "val") for e in table if e.dataset == "piq23")
+    for dataset in ("synthetic", "clive"):
+        targets = np.array([e.target for e in table if e.dataset == dataset and e.split == "train"])
+        assert abs(targets.mean()) < 1e-9 and abs(targets.std() - 1) < 1e-9
+    assert all(e.group.startswith(f"{e.dataset}/") for e in table)
+
+    again = build_table([clive, synthetic, piq23], test_fraction=0.25, val_fraction=0.2, seed=0)
+    assert snapshot_id(again) == snapshot_id(table)
+    changed = [synthetic[0].__class__(**{**synthetic[0].__dict__, "label": 0.0}), *synthetic[1:]]
+    assert snapshot_id(build_table([changed, clive, piq23], 0.25, 0.2, 0)) != snapshot_id(table)
+
+
+def test_group_batches_pair_within_groups_and_split_evenly_over_workers():
+    table = build_table([images("synthetic", groups=9, per_group=7)], test_fraction=0, val_fraction=0, seed=1)
+    per_rank = [group_batches(table, batch_size=6, chunk=3, seed=0, epoch=2, rank=r, world=2) for r in (0, 1)]
+    assert len(per_rank[0]) == len(per_rank[1]) > 0
+    seen = [i for batches in per_rank for batch in batches for i in batch]
+    assert len(seen) == len(set(seen))  # no image twice in an epoch
+    for batches in per_rank:
+        for batch in batches:
+            counts = Counter(table[i].group for i in batch)
+            assert len(batch) >= 6 and min(counts.values()) >= 2  # every image has a same-group partner
+    other_epoch = group_batches(table, batch_size=6, chunk=3, seed=0, epoch=3, rank=0, world=2)
+    assert other_epoch != per_rank[0]
+
+
+def test_config_yaml_round_trip_and_errors(tmp_path):
+    config = TrainConfig.from_dict({"data": {"manifests": ["m.csv"]}, "optim": {"epochs": 3}})
+    path = tmp_path / "c.yaml"
+    path.write_text(config.to_yaml())
+    assert TrainConfig.from_yaml(path) == config
+    with pytest.raises(ConfigError, match="no training data"):
+        TrainConfig.from_dict({})
+    with pytest.raises(ConfigError, match="not a valid training configuration"):
+        TrainConfig.from_dict({"data": {"manifests": ["m.csv"]}, "optim": {"epoch": 3}})
+
+    args = build_parser().parse_args(
+        ["--config", str(path), "--curated", "s3://b/m/", "--num-workers", "4", "--use-gpu", "--tracking-uri", "x"]
+    )
+    overridden = config_from_args(args)
+    assert overridden.data.curated == ("s3://b/m/",) and overridden.num_workers == 4 and overridden.use_gpu
+    assert overridden.tracking.uri == "x" and overridden.optim.epochs == 3
+
+
+def test_train_cli_errors_are_one_line(tmp_path, capsys):
+    assert run(["train", "--config", str(tmp_path / "missing.yaml")]) == 1
+    assert run(["train"]) == 2
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "data: {manifests: ["
+        + str(tmp_path / "nothing.csv")
+        + "]}\ntracking: {uri: 'sqlite:///"
+        + str(tmp_path / "m.db")
+        + "'}\n"
+    )
+    assert run(["train", "--config", str(bad)]) == 1
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("piqa: error")]
+    assert len(lines) == 3 and "missing.yaml does not exist" in lines[0] and "nothing.csv" in lines[2]
