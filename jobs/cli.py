@@ -205,9 +205,20 @@ def build_parser() -> Parser:
     filter_job.add_arguments(curate)
     curate.set_defaults(run=filter_job.cmd)
 
+    from jobs import retrain as retrain_job
+
+    train = commands.add_parser("train", help="retrain with Ray Train; track, register and promote in MLflow")
+    retrain_job.add_arguments(train)
+    train.set_defaults(run=retrain_job.cmd)
+
     report = commands.add_parser("report", help="write a self-contained HTML report of a score set")
     report_job.add_arguments(report)
     report.set_defaults(run=report_job.cmd)
+
+    from jobs import data as data_job
+
+    data = commands.add_parser("data", help="make labelled training data")
+    data_job.add_commands(data.add_subparsers(dest="data_command", required=True, parser_class=Parser))
     return parser
 
 
