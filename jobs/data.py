@@ -28,6 +28,9 @@ def add_degrade_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-size", type=int, default=512, help="downscale sources to this longest side (0: keep)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (noise, colour-cast hue)")
     parser.add_argument("--limit", type=int, help="use only the first N sources (sorted by path)")
+    parser.add_argument(
+        "--label-std", type=float, default=0.5, help="label spread the pairwise loss assumes, in levels"
+    )
     parser.add_argument("--workers", type=int, help="threads (default: one per CPU)")
     parser.add_argument("--s3-endpoint", help="S3-compatible endpoint URL (default: $AWS_ENDPOINT_URL)")
 
@@ -43,6 +46,7 @@ def cmd_degrade(args: argparse.Namespace) -> int:
         max_size=args.max_size,
         seed=args.seed,
         limit=args.limit,
+        label_std=args.label_std,
         s3_endpoint=args.s3_endpoint,
     )
     summary = degrade_folder(config, workers=args.workers)

@@ -37,6 +37,7 @@ def test_manifest_rows_files_and_determinism(portraits: Path, tmp_path: Path) ->
     assert [(f.name, str(f.type)) for f in table.schema] == [
         ("uri", "string"),
         ("label", "double"),
+        ("label_std", "double"),
         ("group", "string"),
         ("kind", "string"),
         ("level", "int64"),
@@ -49,7 +50,7 @@ def test_manifest_rows_files_and_determinism(portraits: Path, tmp_path: Path) ->
         assert [(r["kind"], r["level"]) for r in group] == expected
         for row in group:
             assert row["uri"] == f"images/{stem}/{row['kind']}-{row['level']}.png"
-            assert row["label"] == -float(row["level"])
+            assert row["label"] == -float(row["level"]) and row["label_std"] == 0.5
             with Image.open(tmp_path / "a" / row["uri"]) as image:
                 assert image.format == "PNG" and max(image.size) == 128
     assert {r["group"] for r in rows} == set(stems)

@@ -6,6 +6,10 @@ with another version of the same photo, so the ranking loss learns "worse than" 
 kinds to be exactly comparable. The levels are still chosen so that level L of every kind is strongly
 degraded (face still recognisable) and the same level is roughly equally bad across kinds.
 
+Every row also carries a `label_std` (default 0.5 levels): the spread the pairwise loss assumes around a
+label. Versions of one kind are ranked exactly, so the targets should be sharp; half a level still leaves
+room for a level-2 blur and a level-2 noise not being exactly equally bad.
+
 Severity parameters are interpolated between a mild (level 1) and a strong (level L) value, geometrically
 for blur, noise and JPEG quality (their perceived effect is roughly logarithmic) and linearly for the
 exposure errors (already in stops) and the colour cast. Blur is given in pixels at a 512-pixel longest side
@@ -85,6 +89,7 @@ class DegradeConfig:
     seed: int = 0
     limit: int | None = None
     s3_endpoint: str | None = None
+    label_std: float = 0.5
 
     def __post_init__(self) -> None:
         unknown = [kind for kind in self.kinds if kind not in KINDS]
@@ -100,6 +105,8 @@ class DegradeConfig:
             )
         if self.seed < 0:
             raise ConfigError(f"seed must be >= 0, got {self.seed}")
+        if self.label_std <= 0:
+            raise ConfigError(f"label std must be positive, got {self.label_std}")
         if self.limit is not None and self.limit < 1:
             raise ConfigError(f"limit must be >= 1, got {self.limit}")
 
@@ -219,7 +226,16 @@ def _degrade_source(task: _Task, config: DegradeConfig, storage: Storage) -> lis
         buffer = io.BytesIO()
         version.save(buffer, format="PNG", compress_level=1)
         storage.write_atomic(posixpath.join(config.output, uri), buffer.getvalue())
-        rows.append({"uri": uri, "label": -float(level), "group": task.group, "kind": kind, "level": level})
+        rows.append(
+            {
+                "uri": uri,
+                "label": -float(level),
+                "label_std": config.label_std,
+                "group": task.group,
+                "kind": kind,
+                "level": level,
+            }
+        )
     return rows
 
 
@@ -283,6 +299,7 @@ def _finish(
         [
             ("uri", pa.string()),
             ("label", pa.float64()),
+            ("label_std", pa.float64()),
             ("group", pa.string()),
             ("kind", pa.string()),
             ("level", pa.int64()),
