@@ -1,8 +1,9 @@
 """Starting or joining Ray with the environment every worker needs.
 
-Local runs get the network-hygiene variables (no telemetry, no cloud-metadata probes); variables that
-workers must share with the driver (the S3 endpoint, AWS region and credentials, MLflow URI) travel in
-the runtime environment, so Ray workers and Ray Train's controller see them on every node.
+Every run turns telemetry off; the tests, CI, benchmarks and `make demo` also set the loopback-only variables
+(design.md, "Network hygiene"). Variables that workers must share with the driver (the S3 endpoint, AWS
+region and credentials, MLflow URI, the hygiene variables when set) travel in the runtime environment of a
+local cluster, so Ray workers and Ray Train's controller see them.
 """
 
 from __future__ import annotations
@@ -11,10 +12,14 @@ import os
 
 import ray
 
-HYGIENE_ENV = {
+TELEMETRY_OFF = {
     "RAY_USAGE_STATS_ENABLED": "0",
     "MLFLOW_DISABLE_TELEMETRY": "true",
     "DO_NOT_TRACK": "true",
+}
+"""Set (as defaults) by every `piqa` command and local job: nothing phones home."""
+
+LOOPBACK_ONLY = {
     "AWS_EC2_METADATA_DISABLED": "true",
     "HF_HUB_OFFLINE": "1",
     "HTTP_PROXY": "http://127.0.0.1:9",
@@ -22,7 +27,11 @@ HYGIENE_ENV = {
     "NO_PROXY": "127.0.0.1,localhost",
     "RAY_AUTH_MODE": "disabled",
 }
-"""Defaults for local runs only: a variable already set (e.g. on a cluster) wins."""
+"""Cut every address but loopback (a dead proxy; no cloud-metadata probes, no hub). For tests, CI, benchmarks
+and `make demo` only: a user's job must reach its object store, credentials service and MLflow."""
+
+HYGIENE_ENV = {**TELEMETRY_OFF, **LOOPBACK_ONLY}
+"""The whole network-hygiene environment of design.md, as the test harness and the Makefile set it."""
 
 SHARED_ENV = (
     "AWS_ENDPOINT_URL",
@@ -34,11 +43,12 @@ SHARED_ENV = (
     "PIQA_CACHE_DIR",
     *HYGIENE_ENV,
 )
+"""Variables a local driver passes on to its Ray workers when they are set."""
 
 
 def apply_local_hygiene() -> None:
-    """Set the hygiene defaults in this process (before Ray or any client library starts)."""
-    for name, value in HYGIENE_ENV.items():
+    """Turn telemetry off in this process (before Ray or any client library starts); a variable already set wins."""
+    for name, value in TELEMETRY_OFF.items():
         os.environ.setdefault(name, value)
 
 
