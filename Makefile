@@ -12,7 +12,7 @@ HYGIENE := env RAY_USAGE_STATS_ENABLED=0 MLFLOW_DISABLE_TELEMETRY=true DO_NOT_TR
 	AWS_EC2_METADATA_DISABLED=true HF_HUB_OFFLINE=1 HTTP_PROXY=http://127.0.0.1:9 HTTPS_PROXY=http://127.0.0.1:9 \
 	NO_PROXY=127.0.0.1,localhost RAY_AUTH_MODE=disabled
 
-.PHONY: venv demo test lint bench clean
+.PHONY: venv demo test lint bench starter clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,15 @@ test: lint
 
 bench: $(STAMP)
 	$(HYGIENE) $(BIN)/python bench/pipeline_throughput.py
+
+# Retrain the shipped starter model (piqa_model/assets/starter) from ../shared/data; ~1 h on 2 CPU cores.
+starter: $(STAMP)
+	$(HYGIENE) $(BIN)/piqa data degrade ../shared/data/portraits/london --out starter-data/london-synthetic \
+		--levels 4 --max-size 256
+	$(HYGIENE) $(BIN)/piqa data degrade ../shared/data/portraits/congress --out starter-data/congress-synthetic \
+		--levels 4 --max-size 256 --limit 60
+	$(HYGIENE) $(BIN)/piqa train --config configs/starter.yaml
+	$(HYGIENE) $(BIN)/python -m training.starter
 
 clean:
 	rm -rf demo-out bench/out .pytest_cache

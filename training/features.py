@@ -3,7 +3,8 @@
 The authors precompute both before training; so do we, with the detector the scoring pipeline uses, as a
 Ray Data actor pool. Training and evaluation then never rerun detection. The cache file's name carries a
 fingerprint of everything that changes its content (detector settings, LIQE weights), and a later job
-computes only the images the cache lacks.
+computes only the images the cache lacks. Images are identified by URI, as objects in a bucket are
+immutable by convention: write changed images under new URIs, or delete the cache file.
 """
 
 from __future__ import annotations
