@@ -102,3 +102,34 @@ def ran_on_nodes(cluster, submission_id: str) -> set[str]:
     }
     tasks = list_tasks(address=cluster.dashboard, filters=[("job_id", "=", job_id)], detail=True, limit=10_000)
     return {nodes[task.node_id] for task in tasks if task.node_id in nodes}
+
+
+def test_retrain_job_on_two_nodes_reads_and_writes_s3(
+    cluster, bucket, runtime_env_file, mlflow_server, shared_dir, repo_root, tmp_path
+):
+    from mlflow import MlflowClient
+    from train_helpers import degraded_portraits, train_config, write_config
+
+    manifest = degraded_portraits(shared_dir, tmp_path / "synthetic", count=8)
+    bucket.put(str(tmp_path / "synthetic"), f"{BUCKET}/labelled/synthetic", recursive=True)
+    config = train_config(tmp_path, optim={"epochs": 2}, data={"curated": [f"s3://{BUCKET}/labelled/"]})
+    path = write_config(config, tmp_path / "retrain.yaml")
+    assert manifest.endswith("manifest.parquet")
+
+    job = submit_job(
+        cluster,
+        "--runtime-env", str(runtime_env_file), "--submission-id", "retrain-multinode",
+        entrypoint=["python", "-m", "jobs.retrain", "--config", str(path), "--num-workers", "2",
+                    "--storage-path", f"s3://{BUCKET}/train-runs", "--tracking-uri", mlflow_server],
+        cwd=repo_root,
+    )  # fmt: skip
+
+    assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
+    assert "registered version 1 as candidate, promoted to champion" in job.stdout
+    assert len(bucket.glob(f"{BUCKET}/train-runs/retrain-*/checkpoint_*/state.pt")) == 2
+    assert bucket.glob(f"{BUCKET}/train-runs/feature-cache/features-*.parquet")
+    client = MlflowClient(mlflow_server)
+    version = client.get_model_version_by_alias("portrait-quality", "champion")
+    assert client.get_run(version.run_id).info.status == "FINISHED"
+    # One training worker per node: DDP across the head and the worker node.
+    assert {"head", "decode"} <= ran_on_nodes(cluster, "retrain-multinode")

@@ -151,9 +151,7 @@ def _fit(config: TrainConfig, inputs: LoopInputs, run_name: str) -> str:
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    storage_path = config.storage_path
-    if "://" not in storage_path:
-        storage_path = str(Path(storage_path).resolve())
+    storage_path, filesystem = _train_storage(config)
     resources = {"CPU": config.cpus_per_worker} | ({"GPU": 1} if config.use_gpu else {})
     trainer = TorchTrainer(
         train_loop_per_worker,
@@ -164,6 +162,7 @@ def _fit(config: TrainConfig, inputs: LoopInputs, run_name: str) -> str:
         run_config=RunConfig(
             name=run_name,
             storage_path=storage_path,
+            storage_filesystem=filesystem,
             failure_config=FailureConfig(max_failures=config.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
         ),
@@ -173,6 +172,23 @@ def _fit(config: TrainConfig, inputs: LoopInputs, run_name: str) -> str:
         raise RuntimeError(f"training run {run_name} produced no checkpoint")
     directory = tempfile.mkdtemp(prefix="piqa-train-state-")
     return result.checkpoint.to_directory(directory)
+
+
+def _train_storage(config: TrainConfig):
+    """Ray Train's (storage_path, storage_filesystem): absolute local paths; an S3-compatible endpoint spelt out."""
+    path = config.storage_path
+    if "://" not in path:
+        return str(Path(path).resolve()), None
+    endpoint = Storage.from_environment(config.s3_endpoint).s3_endpoint
+    if not path.startswith("s3://") or not endpoint:
+        return path, None
+    from urllib.parse import urlparse
+
+    import pyarrow.fs
+
+    parsed = urlparse(endpoint)
+    filesystem = pyarrow.fs.S3FileSystem(endpoint_override=parsed.netloc, scheme=parsed.scheme or "https")
+    return path.removeprefix("s3://"), filesystem
 
 
 def _finish(
