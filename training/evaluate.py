@@ -77,3 +77,21 @@ def group_rows(reports: dict[str, GroupReport]) -> list[dict[str, object]]:
 
 def score_array(scores: dict[int, float], count: int) -> np.ndarray:
     return np.array([scores[i] for i in range(count)], dtype=float)
+
+
+def metrics_table(metrics: dict[str, float], datasets: Sequence[str], prefix: str = "test") -> str:
+    """A Markdown table of `flat_metrics` output: one row for all groups, then one per dataset."""
+    columns = ["srcc_mean", "srcc_median", "krcc_mean", "plcc_mean", "rmse_mean", "mae_mean"]
+    lines = [
+        "Computed per group (a source photo, a PIQ23 scene; a CLIVE-style set is one group), then aggregated over "
+        "groups by mean (DN-PIQA) and median (PIQ23); PLCC, RMSE and MAE after a 4-parameter logistic fit, RMSE "
+        "and MAE in label units.",
+        "",
+        "| test set | SRCC mean | SRCC median | KRCC mean | PLCC mean | RMSE mean | MAE mean |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for scope in ["all groups", *datasets]:
+        head = prefix if scope == "all groups" else f"{prefix}/{scope}"
+        cells = [f"{metrics[f'{head}/{c}']:.4f}" if f"{head}/{c}" in metrics else "-" for c in columns]
+        lines.append(f"| {scope} | {' | '.join(cells)} |")
+    return "\n".join(lines)

@@ -21,7 +21,7 @@ from pipelines.storage import Storage
 from piqa_model import BundleInfo, DualBranchNet, preset, save_bundle
 from piqa_model.bundle import CONFIG_FILE, bundle_files, read_bundle_files
 from training.config import TrainConfig
-from training.evaluate import flat_metrics, group_reports, group_rows, predict_examples, score_array
+from training.evaluate import flat_metrics, group_reports, group_rows, metrics_table, predict_examples, score_array
 from training.features import FeatureSpec, load_or_compute
 from training.loop import LoopInputs, load_state, train_loop_per_worker
 from training.promotion import Decision, decide
@@ -330,7 +330,6 @@ def _card(
     data = "\n".join(
         f"| {name} | {c['train']} | {c['val']} | {c['test']} |" for name, c in sorted(counts(table).items())
     )
-    shown = "\n".join(f"| {k} | {v:.4f} |" for k, v in sorted(metrics.items()) if k.split("_")[0].endswith("srcc"))
     return (
         f"# Model card: {config.tracking.model_name}\n\n"
         f"Retrained with `piqa train` (MLflow run `{run_id}`, data snapshot `{snapshot}`).\n\n"
@@ -339,7 +338,7 @@ def _card(
         f"batch {config.optim.batch_size}, AdamW lr {config.optim.lr} x{config.optim.lr_gamma} every "
         f"{config.optim.lr_step_epochs} epochs, fidelity loss on within-group pairs, {config.num_workers} "
         f"worker(s); best epoch on validation: {state['best']['epoch']}.\n\n"
-        f"## Test metrics (per group, aggregated over groups)\n\n| metric | value |\n| --- | --- |\n{shown}\n\n"
+        f"## Test metrics\n\n{metrics_table(metrics, sorted(counts(table)))}\n\n"
         f"## Promotion\n\n{decision.reason}.\n"
     )
 
