@@ -219,7 +219,7 @@ def _finish(
         candidate_path = save_bundle(net, work / "bundle", info)
         bundles = {"candidate": bundle_files(candidate_path)}
         if champion is not None:
-            bundles["champion"] = bundle_files(champion.source)
+            bundles["champion"] = tracker.bundle_files(champion.version)
         scores = _evaluate_remote(config, bundles, test, cache_dir, storage, features)
         reports = {name: group_reports(test, s) for name, s in scores.items()}
         metrics = {name: flat_metrics(report, "test") for name, report in reports.items()}

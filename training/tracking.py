@@ -127,6 +127,17 @@ class Tracker:
     def set_alias(self, alias: str, version: str) -> None:
         self.client.set_registered_model_alias(self.model_name, alias, version)
 
+    def bundle_files(self, version: str) -> dict[str, bytes]:
+        """The bundle files of a registered version, read through this tracker's registry."""
+        import tempfile
+
+        from piqa_model.bundle import bundle_files
+        from piqa_model.registry import download_registered_bundle
+
+        with tempfile.TemporaryDirectory() as cache:
+            uri = f"models:/{self.model_name}/{version}"
+            return bundle_files(download_registered_bundle(uri, Path(cache), self.uri))
+
     def champion(self) -> Champion | None:
         from mlflow.exceptions import MlflowException
 

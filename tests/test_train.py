@@ -1,0 +1,187 @@
+"""Retraining: a 2-worker Ray Train run on tiny data, resume after a killed job, MLflow server, registry, gate."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+from piq23_tree import make_piq23_tree
+from train_helpers import degraded_portraits, train_config, write_config
+
+from training.loop import load_state
+from training.retrain import run_retraining
+from training.sources import load_piq23
+
+
+@pytest.fixture(scope="module")
+def tiny_data(shared_dir, tmp_path_factory) -> dict[str, str]:
+    root = tmp_path_factory.mktemp("train-data")
+    return {
+        "manifest": degraded_portraits(shared_dir, root / "synthetic", count=8),
+        "piq23": str(make_piq23_tree(root / "piq23", shared_dir / "data" / "piq23", scenes=2, images_per_scene=6)),
+    }
+
+
+def checkpoints(storage: Path) -> list[Path]:
+    return sorted(storage.glob("retrain-*/checkpoint_*/state.pt"))
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_two_worker_training_lowers_the_loss_and_checkpoints(tiny_data, tmp_path):
+    sources = {"manifests": [tiny_data["manifest"]], "piq23": {"root": tiny_data["piq23"]}}
+    config = train_config(tmp_path, optim={"epochs": 8}, data=sources)
+    result = run_retraining(config)
+
+    saved = checkpoints(tmp_path / "runs")
+    assert len(saved) == 2, saved  # num_to_keep=2 of 8 epochs
+    state = load_state(str(saved[-1].parent))
+    losses = [h["train/loss"] for h in state["history"]]
+    assert [h["epoch"] for h in state["history"]] == list(range(8))
+    assert sum(losses[-2:]) < sum(losses[:2]), losses
+    assert state["resumed_at"] == []
+
+    from mlflow import MlflowClient
+
+    # PIQ23's official device split is its test split; the synthetic set holds out whole source photos.
+    client = MlflowClient(config.tracking.uri)
+    snapshot = json.loads(
+        Path(client.download_artifacts(result.run_id, "data/snapshot.json", str(tmp_path))).read_text()
+    )
+    official_test = [i for i in load_piq23(tiny_data["piq23"]) if i.split == "test"]
+    assert snapshot["images"]["piq23-overall"]["test"] == len(official_test) > 0
+    assert snapshot["images"]["synthetic"]["test"] > 0
+    assert "test/synthetic/srcc_mean" in result.test
+    history = client.get_metric_history(result.run_id, "train/loss")
+    assert [m.step for m in sorted(history, key=lambda m: m.step)] == list(range(8))
+    assert result.decision.promote and result.version == "1"
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_killed_worker_restarts_from_the_last_checkpoint(tiny_data, tmp_path):
+    config = train_config(tmp_path, optim={"epochs": 5}, data={"manifests": [tiny_data["manifest"]]})
+    killed: list[int] = []
+
+    def kill_a_worker() -> None:
+        deadline = time.time() + 300
+        while len(checkpoints(tmp_path / "runs")) < 2 and time.time() < deadline:  # the first is registered
+            time.sleep(0.2)
+        for process in psutil.Process().children(recursive=True):  # this test's Ray cluster only
+            if "RayTrainWorker" in " ".join(process.cmdline()):
+                process.kill()
+                killed.append(process.pid)
+                return
+
+    killer = threading.Thread(target=kill_a_worker, daemon=True)
+    killer.start()
+    result = run_retraining(config)
+    killer.join(timeout=10)
+
+    assert killed, "no training worker was found to kill"
+    state = load_state(str(checkpoints(tmp_path / "runs")[-1].parent))
+    assert [h["epoch"] for h in state["history"]] == list(range(5))
+    assert len(state["resumed_at"]) == 1 and 1 <= state["resumed_at"][0] < 5, state["resumed_at"]
+    assert result.version == "1"
+
+
+def test_killed_job_resumes_from_its_last_checkpoint(tiny_data, tmp_path, repo_root):
+    config = train_config(tmp_path, optim={"epochs": 6}, data={"manifests": [tiny_data["manifest"]]})
+    path = write_config(config, tmp_path / "train.yaml")
+    command = [sys.executable, "-m", "jobs.retrain", "--config", str(path)]
+    env = dict(os.environ, RAY_ADDRESS="local")
+    job = subprocess.Popen(
+        command,
+        cwd=repo_root,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.time() + 300
+        while len(checkpoints(tmp_path / "runs")) < 2:  # the first one is registered by then
+            assert job.poll() is None, "the job ended before its second checkpoint"
+            assert time.time() < deadline, "no checkpoint within 300 s"
+            time.sleep(0.5)
+        os.kill(job.pid, signal.SIGKILL)
+        job.wait(timeout=30)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(job.pid, signal.SIGKILL)
+    killed_at = len(checkpoints(tmp_path / "runs"))
+    assert killed_at < 6, "the kill should land mid-run"
+
+    rerun = subprocess.run(command, cwd=repo_root, env=env, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    state = load_state(str(checkpoints(tmp_path / "runs")[-1].parent))
+    assert [h["epoch"] for h in state["history"]] == list(range(6))
+    assert len(state["resumed_at"]) == 1 and 1 <= state["resumed_at"][0] < 6, state["resumed_at"]
+
+    from mlflow import MlflowClient
+
+    client = MlflowClient(config.tracking.uri)
+    runs = client.search_runs([client.get_experiment_by_name(config.tracking.experiment).experiment_id])
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"  # the resubmitted job logged into the same run
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_mlflow_server_registry_promotion_and_periodic_runs(shared_dir, tiny_data, tmp_path, mlflow_server, repo_root):
+    from mlflow import MlflowClient
+
+    curated = tmp_path / "curated"
+    curated.mkdir()
+    first = Path(tiny_data["manifest"])
+    (curated / "batch-1.parquet").write_bytes(first.read_bytes())
+    # Relative uris resolve against the manifest's folder: keep the images where the manifest points.
+    (curated / "images").symlink_to(first.parent / "images")
+    config = train_config(tmp_path, tracking_uri=mlflow_server, data={"curated": [str(curated)]})
+
+    promoted = run_retraining(config)
+    client = MlflowClient(mlflow_server)
+    run = client.get_run(promoted.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["optim.epochs"] == "3" and run.data.tags["piqa.data_snapshot"] == promoted.snapshot
+    assert len(client.get_metric_history(promoted.run_id, "val/srcc_mean")) == 3
+    artifacts = {a.path for a in client.list_artifacts(promoted.run_id)}
+    assert {"bundle", "reports", "promotion.json", "config.yaml", "data"} <= artifacts
+    assert client.get_model_version_by_alias("portrait-quality", "champion").version == "1"
+    assert client.get_model_version_by_alias("portrait-quality", "candidate").version == "1"
+
+    unchanged = run_retraining(config)
+    assert unchanged.skipped and unchanged.run_id == promoted.run_id
+
+    # New labelled data arrives under the prefix: a new snapshot trains; this gate demands a large gain.
+    second = degraded_portraits(shared_dir, tmp_path / "batch-2", count=6, first=20)
+    (curated / "batch-2").mkdir()
+    (curated / "batch-2" / "batch-2.parquet").write_bytes(Path(second).read_bytes())
+    (curated / "batch-2" / "images").symlink_to(Path(second).parent / "images")
+    strict = train_config(
+        tmp_path, mlflow_server, tracking={"promote_tolerance": -1.5}, data={"curated": [str(curated)]}
+    )
+    refused = run_retraining(strict)
+    assert refused.snapshot != promoted.snapshot and not refused.skipped
+    assert not refused.decision.promote and refused.decision.champion is not None
+    assert client.get_model_version_by_alias("portrait-quality", "champion").version == "1"
+    assert client.get_model_version_by_alias("portrait-quality", "candidate").version == "2"
+    assert client.get_run(refused.run_id).data.tags["piqa.promoted"] == "false"
+
+    # The champion resolves through the registry for scoring.
+    scored = subprocess.run(
+        [sys.executable, "-m", "jobs.cli", "predict", "--json", "--bundle", "models:/portrait-quality@champion"]
+        + [str(p) for p in sorted((shared_dir / "data" / "portraits" / "london").glob("*.jpg"))[:2]],
+        cwd=repo_root,
+        env=dict(os.environ, MLFLOW_TRACKING_URI=mlflow_server, PIQA_CACHE_DIR=str(tmp_path / "cache")),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert scored.returncode == 0, scored.stderr[-2000:]
+    assert '"trained": true' in scored.stdout and '"model": "portrait-quality-' in scored.stdout
