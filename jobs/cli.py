@@ -53,6 +53,12 @@ def add_score_arguments(parser: argparse.ArgumentParser) -> None:
         "--precision", choices=("fp32", "bf16"), default="fp32", help="bf16: autocast (GPU, AVX512-BF16)"
     )
     parser.add_argument("--max-pixels", type=int, default=100_000_000, help="larger images become too_large rows")
+    parser.add_argument(
+        "--decode",
+        choices=("full", "draft"),
+        default="draft",
+        help="draft: decode JPEGs only as finely as detection and the model need (default); full: every pixel",
+    )
 
 
 def score_config_from_args(args: argparse.Namespace):
@@ -77,6 +83,7 @@ def score_config_from_args(args: argparse.Namespace):
         precision=args.precision,
         crop_mode=args.crop_mode,
         max_pixels=args.max_pixels,
+        decode=args.decode,
     )
 
 

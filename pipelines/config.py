@@ -29,6 +29,7 @@ class ScoreConfig:
     precision: Literal["fp32", "bf16"] = "fp32"
     crop_mode: Literal["five", "center"] = "five"
     max_pixels: int = DEFAULT_MAX_PIXELS
+    decode: Literal["full", "draft"] = "draft"  # draft: JPEGs decoded only as finely as the model needs
 
     def __post_init__(self) -> None:
         for name in ("prepare_actors", "score_actors"):
@@ -43,6 +44,8 @@ class ScoreConfig:
             raise ValueError("gpus_per_actor must not be negative")
         if self.crop_mode not in ("five", "center"):
             raise ValueError(f"crop_mode must be 'five' or 'center', got {self.crop_mode!r}")
+        if self.decode not in ("full", "draft"):
+            raise ValueError(f"decode must be 'full' or 'draft', got {self.decode!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

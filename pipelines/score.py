@@ -129,6 +129,7 @@ def _build_dataset(
         detect_size=config.detect_size,
         min_face_size=config.min_face_size,
         max_pixels=config.max_pixels,
+        decode=config.decode,
     )
     if gpus > 0:
         cpus = config.cpus_per_actor or 1.0

@@ -18,8 +18,9 @@ import torch
 from pipelines.readers import read_records
 from pipelines.shards import Shard
 from pipelines.storage import Storage
-from piqa_model import ImageError, ModelConfig, PreparedImage, open_image, predict, prepare
+from piqa_model import ImageError, ModelConfig, PreparedImage, predict, prepare
 from piqa_model.bundle import read_bundle_files
+from piqa_model.decode import DecodeMode, Preview, open_preview
 from piqa_model.faces import FaceDetection, FaceDetector
 from piqa_model.scorer import result_fields
 
@@ -71,37 +72,55 @@ class Prepare:
     """Actor: decode, detect faces (MTCNN held once per actor), cut crops and LIQE patches."""
 
     def __init__(
-        self, config: ModelConfig, detect_size: int, min_face_size: int, max_pixels: int, device: str = "cpu"
+        self,
+        config: ModelConfig,
+        detect_size: int,
+        min_face_size: int,
+        max_pixels: int,
+        device: str = "cpu",
+        decode: DecodeMode = "draft",
     ) -> None:
-        self.config, self.max_pixels = config, max_pixels
+        self.config, self.max_pixels, self.decode = config, max_pixels, decode
         self.detector = FaceDetector(detect_size, min_face_size, device=device)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         metas: list[dict[str, Any]] = []
-        decoded: list[tuple[int, Any]] = []
+        previews: list[tuple[int, Preview]] = []
         for slot, (data, read_error) in enumerate(zip(batch["data"], batch["read_error"], strict=True)):
             if read_error is not None or data is None:
                 metas.append({"status": "read_error", "error": read_error or "no bytes"})
                 continue
             try:
-                image = open_image(bytes(data), self.max_pixels)
-            except ImageError as exc:
-                metas.append({"status": exc.status, "error": str(exc)})
+                preview = open_preview(
+                    bytes(data), self.config, self.detector.detect_size, self.max_pixels, self.decode
+                )
+            except Exception as exc:
+                metas.append(_failure(exc))
                 continue
-            except Exception as exc:  # a decoder bug must not stop the job: record it
-                metas.append({"status": "decode_error", "error": f"{type(exc).__name__}: {exc}"})
-                continue
-            metas.append({"status": "ok", "error": None, "width": image.width, "height": image.height})
-            decoded.append((slot, image))
-        detections = self.detector.detect([image for _, image in decoded]) if decoded else []
+            width, height = preview.original_size
+            metas.append({"status": "ok", "error": None, "width": width, "height": height})
+            previews.append((slot, preview))
+        detections = self.detector.detect([preview.image for _, preview in previews]) if previews else []
         prepared: dict[int, PreparedImage] = {}
-        for (slot, image), detection in zip(decoded, detections, strict=True):
-            prepared[slot] = prepare(image, detection, self.config)
-            metas[slot]["detection"] = [detection.num_faces, detection.box, detection.prob]
+        for (slot, preview), detection in zip(previews, detections, strict=True):
+            try:
+                item = preview.finish(detection)
+            except Exception as exc:
+                metas[slot] = _failure(exc)
+                continue
+            prepared[slot] = prepare(item.image, item.detection, self.config, item.original_size)
+            metas[slot]["detection"] = [item.detection.num_faces, item.detection.box, item.detection.prob]
         out = {name: batch[name] for name in ID_COLUMNS}
         out["meta"] = np.array([json.dumps(m) for m in metas], dtype=object)
         out.update(_stack_inputs(prepared, len(metas), self.config))
         return out
+
+
+def _failure(exc: Exception) -> dict[str, Any]:
+    """The meta of an image that could not be decoded; a decoder bug must not stop the job either."""
+    if isinstance(exc, ImageError):
+        return {"status": exc.status, "error": str(exc)}
+    return {"status": "decode_error", "error": f"{type(exc).__name__}: {exc}"}
 
 
 def _stack_inputs(prepared: dict[int, PreparedImage], size: int, config: ModelConfig) -> dict[str, np.ndarray]:

@@ -5,13 +5,14 @@ normalises it, so prepared inputs are small to ship between processes.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 from PIL import Image
 
 from piqa_model.config import ModelConfig
-from piqa_model.faces import FaceDetection, face_region
+from piqa_model.faces import Box, FaceDetection, face_region
 from piqa_model.images import to_uint8_tensor_chw
 from piqa_model.liqe import cut_patches
 
@@ -25,16 +26,28 @@ class PreparedImage:
     liqe_patches: torch.Tensor | None
 
 
-def resize_short_side(image: Image.Image, size: int) -> Image.Image:
-    width, height = image.size
+def resize_short_side(
+    image: Image.Image, size: int, box: Box | None = None, extent: tuple[int, int] | None = None
+) -> Image.Image:
+    """Resize `image` (or its region `box`, in float pixels) so that the short side is `size`.
+
+    `extent` is the region's size in original pixels when `image` is a reduced decode: the output size is
+    computed from it, so that it is the same as from a full decode.
+    """
+    if box is None:
+        box = (0.0, 0.0, float(image.width), float(image.height))
+    width, height = extent or (box[2] - box[0], box[3] - box[1])
     scale = size / min(width, height)
     new_size = (max(size, round(width * scale)), max(size, round(height * scale)))
-    return image.resize(new_size, Image.Resampling.BILINEAR)
+    return image.resize(new_size, Image.Resampling.BILINEAR, box=box)
 
 
-def crop_views(image: Image.Image, config: ModelConfig) -> torch.Tensor:
-    """[K, 3, crop, crop] uint8: five crops (4 corners then centre) or the centre one."""
-    pixels = to_uint8_tensor_chw(resize_short_side(image, config.resize))
+def crop_views(
+    image: Image.Image, config: ModelConfig, box: Box | None = None, extent: tuple[int, int] | None = None
+) -> torch.Tensor:
+    """[K, 3, crop, crop] uint8: five crops (4 corners then centre) or the centre one, of `image` or its
+    region `box` (see `resize_short_side`)."""
+    pixels = to_uint8_tensor_chw(resize_short_side(image, config.resize, box, extent))
     height, width = pixels.shape[-2:]
     size = config.crop
     top, left = (height - size) // 2, (width - size) // 2
@@ -50,10 +63,32 @@ def crop_views(image: Image.Image, config: ModelConfig) -> torch.Tensor:
     return torch.stack([*corners, centre]).contiguous()
 
 
-def prepare(image: Image.Image, detection: FaceDetection, config: ModelConfig) -> PreparedImage:
-    """Model inputs for one upright RGB image and its face detection."""
-    face = image.crop(face_region(detection.box, image.width, image.height, config.face_margin))
+def prepare(
+    image: Image.Image, detection: FaceDetection, config: ModelConfig, original_size: tuple[int, int] | None = None
+) -> PreparedImage:
+    """Model inputs for one upright RGB image and its face detection.
+
+    `image` may be a reduced decode of an original of `original_size` (see `piqa_model.decode`); the detection
+    is then in original pixels. The face region is computed in original pixels and mapped onto `image`, so the
+    crops see the same part of the photo as from a full decode.
+    """
+    width, height = original_size or image.size
+    if (width, height) != image.size and config.aux == "liqe":
+        raise ValueError("LIQE reads patches at the native resolution: give prepare() a full decode")
+    scale_x, scale_y = image.width / width, image.height / height
+    left, top, right, bottom = face_region(detection.box, width, height, config.face_margin)
+    box = (left * scale_x, top * scale_y, right * scale_x, bottom * scale_y)
+    # Cut the whole pixels around the region, then resample exactly the region: a full decode's integer crop
+    # stays the same crop, and a reduced image's fractional region keeps its exact position.
+    outer = (
+        math.floor(box[0]),
+        math.floor(box[1]),
+        min(image.width, math.ceil(box[2])),
+        min(image.height, math.ceil(box[3])),
+    )
+    inner = (box[0] - outer[0], box[1] - outer[1], box[2] - outer[0], box[3] - outer[1])
+    face = crop_views(image.crop(outer), config, inner, (right - left, bottom - top))
     patches = None
     if config.aux == "liqe" and config.liqe is not None:
         patches = cut_patches(to_uint8_tensor_chw(image), config.liqe)
-    return PreparedImage(crop_views(image, config), crop_views(face, config), patches)
+    return PreparedImage(crop_views(image, config, extent=(width, height)), face, patches)

@@ -33,25 +33,37 @@ def open_image(data: bytes | Image.Image, max_pixels: int = DEFAULT_MAX_PIXELS) 
     we cannot convert) or ImageTooLargeError (more than `max_pixels`, checked from the header before
     the pixels are decoded).
     """
-    if isinstance(data, Image.Image):
-        image = data
-    else:
-        if not data:
-            raise ImageDecodeError("empty file (0 bytes)")
-        try:
-            image = Image.open(io.BytesIO(data))
-        except UnidentifiedImageError:
-            unsupported = _sniff_unsupported_format(data)
-            if unsupported:
-                raise UnsupportedImageError(f"{unsupported} images are not supported; convert them to JPEG") from None
-            raise ImageDecodeError("not a recognised image format") from None
-        except Exception as exc:  # PIL raises many types for malformed headers
-            raise ImageDecodeError(f"unreadable image header: {exc}") from None
+    image = data if isinstance(data, Image.Image) else read_header(data)
+    check_size(image, max_pixels)
+    return decode_upright(image)
+
+
+def read_header(data: bytes) -> Image.Image:
+    """Open `data` lazily: the header is parsed, no pixel is decoded yet (so `Image.draft` can still apply)."""
+    if not data:
+        raise ImageDecodeError("empty file (0 bytes)")
+    try:
+        return Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        unsupported = _sniff_unsupported_format(data)
+        if unsupported:
+            raise UnsupportedImageError(f"{unsupported} images are not supported; convert them to JPEG") from None
+        raise ImageDecodeError("not a recognised image format") from None
+    except Exception as exc:  # PIL raises many types for malformed headers
+        raise ImageDecodeError(f"unreadable image header: {exc}") from None
+
+
+def check_size(image: Image.Image, max_pixels: int) -> None:
+    """Refuse an image above `max_pixels` or of zero size, from its (header) size alone."""
     width, height = image.size
     if width * height > max_pixels:
         raise ImageTooLargeError(f"{width}x{height} is above the limit of {max_pixels} pixels")
     if width == 0 or height == 0:
         raise ImageDecodeError(f"image has zero size {width}x{height}")
+
+
+def decode_upright(image: Image.Image) -> Image.Image:
+    """Decode the pixels of a lazily opened image, apply its EXIF orientation, convert to 8-bit RGB."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

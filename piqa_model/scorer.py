@@ -16,9 +16,10 @@ from PIL import Image
 from piqa_model.bundle import BundleInfo, default_bundle_path, read_bundle, warn_if_untrained
 from piqa_model.config import ModelConfig
 from piqa_model.crops import PreparedImage, prepare
+from piqa_model.decode import DecodeMode, ModelImage, Preview, open_preview
 from piqa_model.errors import ImageError
 from piqa_model.faces import DEFAULT_DETECT_SIZE, DEFAULT_MIN_FACE_SIZE, FaceDetection, FaceDetector
-from piqa_model.images import DEFAULT_MAX_PIXELS, open_image
+from piqa_model.images import DEFAULT_MAX_PIXELS
 from piqa_model.liqe import summarise
 from piqa_model.network import DualBranchNet
 
@@ -60,7 +61,11 @@ def result_fields(detection: FaceDetection, score: float, aux: torch.Tensor | No
 
 
 class Scorer:
-    """A loaded model ready to score images; see `load_bundle`."""
+    """A loaded model ready to score images; see `load_bundle`.
+
+    `decode="draft"` decodes JPEGs only as finely as face detection and the model need (`piqa_model.decode`);
+    `"full"` always decodes every pixel.
+    """
 
     def __init__(
         self,
@@ -73,6 +78,7 @@ class Scorer:
         max_pixels: int = DEFAULT_MAX_PIXELS,
         min_face_size: int = DEFAULT_MIN_FACE_SIZE,
         precision: Precision = "fp32",
+        decode: DecodeMode = "draft",
     ) -> None:
         net.check_self_contained()
         self.net = net.eval()
@@ -81,6 +87,7 @@ class Scorer:
         self.batch_size = batch_size
         self.max_pixels = max_pixels
         self.precision = precision
+        self.decode = decode
         self.detector = FaceDetector(detect_size, min_face_size, device=net.mean.device)
 
     @property
@@ -102,34 +109,43 @@ class Scorer:
 
     def _score_batch(self, images: Sequence[Image.Image | bytes]) -> list[dict[str, Any]]:
         rows: list[dict[str, Any]] = []
-        decoded: list[tuple[int, Image.Image]] = []
+        previews: list[tuple[int, Preview]] = []
         for index, data in enumerate(images):
             try:
-                image = open_image(data, self.max_pixels)
+                preview = open_preview(data, self.config, self.detector.detect_size, self.max_pixels, self.decode)
             except ImageError as exc:
-                rows.append(
-                    {
-                        "status": exc.status,
-                        "error": str(exc),
-                        "width": None,
-                        "height": None,
-                        "num_faces": None,
-                        "face_box": None,
-                        "face_prob": None,
-                        "score": None,
-                    }
-                )
+                rows.append(_error_row(exc))
                 continue
-            rows.append({"status": "ok", "error": None, "width": image.width, "height": image.height})
-            decoded.append((index, image))
+            width, height = preview.original_size
+            rows.append({"status": "ok", "error": None, "width": width, "height": height})
+            previews.append((index, preview))
+        detections = self.detector.detect([preview.image for _, preview in previews]) if previews else []
+        decoded: list[tuple[int, ModelImage]] = []
+        for (index, preview), detection in zip(previews, detections, strict=True):
+            try:
+                decoded.append((index, preview.finish(detection)))
+            except ImageError as exc:
+                rows[index] = _error_row(exc)
         if not decoded:
             return rows
-        detections = self.detector.detect([image for _, image in decoded])
-        prepared = [prepare(image, det, self.config) for (_, image), det in zip(decoded, detections, strict=True)]
+        prepared = [prepare(item.image, item.detection, self.config, item.original_size) for _, item in decoded]
         scores, aux = predict(self.net, prepared, self.precision)
-        for slot, ((index, _), detection) in enumerate(zip(decoded, detections, strict=True)):
-            rows[index].update(result_fields(detection, scores[slot], None if aux is None else aux[slot]))
+        for slot, (index, item) in enumerate(decoded):
+            rows[index].update(result_fields(item.detection, scores[slot], None if aux is None else aux[slot]))
         return rows
+
+
+def _error_row(exc: ImageError) -> dict[str, Any]:
+    return {
+        "status": exc.status,
+        "error": str(exc),
+        "width": None,
+        "height": None,
+        "num_faces": None,
+        "face_box": None,
+        "face_prob": None,
+        "score": None,
+    }
 
 
 def load_bundle(path: str | Path | None = None, device: str | torch.device = "cpu", **options: Any) -> Scorer:
