@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
 import subprocess
 import sys
 import threading
-import time
 import warnings
 from pathlib import Path
 
@@ -17,6 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 from corpus import portraits
 from pipeline_helpers import assert_rows_match, read_scores, score
+from processes import kill_driver_when, wait_for
 
 import piqa_model
 
@@ -30,33 +28,13 @@ def image_folder(shared_dir: Path, root: Path, count: int) -> dict[str, str]:
     return {path.name: "ok" for path in portraits(shared_dir, count)}
 
 
-def wait_for(condition, timeout: float, what: str) -> None:
-    deadline = time.time() + timeout
-    while not condition():
-        if time.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.2)
-
-
 def test_driver_killed_mid_run_then_rerun_completes(shared_dir, tmp_path, repo_root):
     expected = image_folder(shared_dir, tmp_path / "in", count=24)
     out = tmp_path / "out"
     args = [str(tmp_path / "in"), "--out", str(out), "--shard-size", "2", "--batch-size", "2", "--crop-mode", "center"]
     env = dict(os.environ, RAY_ADDRESS="local")
-    driver = subprocess.Popen(
-        [sys.executable, "-m", "jobs.score", *args],
-        cwd=repo_root,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    try:
-        wait_for(lambda: len(list(out.glob("*.parquet"))) >= 2, 240, "two committed shards")
-        os.kill(driver.pid, signal.SIGKILL)
-        driver.wait(timeout=30)
-    finally:
-        _kill_group(driver.pid)
+    command = [sys.executable, "-m", "jobs.score", *args]
+    kill_driver_when(command, repo_root, env, lambda: len(list(out.glob("*.parquet"))) >= 2, 240, "two shards")
 
     committed = sorted(out.glob("*.parquet"))
     assert 2 <= len(committed) < 12, "the kill should land mid-run"
@@ -64,18 +42,10 @@ def test_driver_killed_mid_run_then_rerun_completes(shared_dir, tmp_path, repo_r
         assert pq.read_table(path).num_rows == 2
     assert not (out / "_manifest.json").exists()
 
-    finished = subprocess.run(
-        [sys.executable, "-m", "jobs.score", *args], cwd=repo_root, env=env, capture_output=True, text=True, timeout=600
-    )
+    finished = subprocess.run(command, cwd=repo_root, env=env, capture_output=True, text=True, timeout=600)
     assert finished.returncode == 0, finished.stderr[-2000:]
     assert f"{12 - len(committed)} shards written, {len(committed)} already done" in finished.stdout
     assert_rows_match(read_scores(out), expected)
-
-
-def _kill_group(pid: int) -> None:
-    """Clean up whatever Ray processes the killed driver left (test hygiene, not part of the check)."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pid, signal.SIGKILL)
 
 
 @pytest.mark.usefixtures("ray_local")

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -15,6 +13,7 @@ from pathlib import Path
 import psutil
 import pytest
 from piq23_tree import make_piq23_tree
+from processes import kill_driver_when
 from train_helpers import degraded_portraits, train_config, write_config
 
 from training.loop import load_state
@@ -97,25 +96,8 @@ def test_killed_job_resumes_from_its_last_checkpoint(tiny_data, tmp_path, repo_r
     path = write_config(config, tmp_path / "train.yaml")
     command = [sys.executable, "-m", "jobs.retrain", "--config", str(path)]
     env = dict(os.environ, RAY_ADDRESS="local")
-    job = subprocess.Popen(
-        command,
-        cwd=repo_root,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    try:
-        deadline = time.time() + 300
-        while len(checkpoints(tmp_path / "runs")) < 2:  # the first one is registered by then
-            assert job.poll() is None, "the job ended before its second checkpoint"
-            assert time.time() < deadline, "no checkpoint within 300 s"
-            time.sleep(0.5)
-        os.kill(job.pid, signal.SIGKILL)
-        job.wait(timeout=30)
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(job.pid, signal.SIGKILL)
+    # By the second checkpoint the first is surely registered with Ray Train (the one a resubmission resumes).
+    kill_driver_when(command, repo_root, env, lambda: len(checkpoints(tmp_path / "runs")) >= 2, 300, "2 checkpoints")
     killed_at = len(checkpoints(tmp_path / "runs"))
     assert killed_at < 6, "the kill should land mid-run"
 

@@ -1,0 +1,36 @@
+"""Killing a job's driver mid-run, as an operator's `kill -9` or a lost node would."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.time() + timeout
+    while not condition():
+        if time.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.2)
+
+
+def kill_driver_when(
+    command: list[str], cwd: Path, env: dict[str, str], condition: Callable[[], bool], timeout: float, what: str
+) -> None:
+    """Start `command`, SIGKILL it once `condition()` holds, then clean up the local Ray it left behind."""
+    driver = subprocess.Popen(
+        command, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    try:
+        wait_for(lambda: condition() or driver.poll() is not None, timeout, what)
+        assert driver.poll() is None, f"the job ended before {what}"
+        os.kill(driver.pid, signal.SIGKILL)
+        driver.wait(timeout=30)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(driver.pid, signal.SIGKILL)
