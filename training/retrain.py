@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import os
 import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -19,7 +18,7 @@ from typing import Any
 
 from pipelines.storage import Storage
 from piqa_model import BundleInfo, DualBranchNet, preset, save_bundle
-from piqa_model.bundle import CONFIG_FILE, bundle_files, read_bundle_files
+from piqa_model.bundle import bundle_files, read_bundle_files
 from training.config import TrainConfig
 from training.evaluate import flat_metrics, group_reports, group_rows, metrics_table, predict_examples, score_array
 from training.features import FeatureSpec, load_or_compute
@@ -115,7 +114,7 @@ def run_retraining(config: TrainConfig) -> RetrainResult:
             {"snapshot": snapshot, "manifests": manifests, "images": counts(table), "unreadable": failures},
             "data/snapshot.json",
         )
-        tracker.client.log_text(run_id, config.to_yaml(), "config.yaml")
+        tracker.log_text(run_id, config.to_yaml(), "config.yaml")
         inputs = LoopInputs(config, init_files, table, features, tracker.uri, run_id)
         state = load_state(_fit(config, inputs, run_name))
         result = _finish(config, tracker, run_id, state, init_files, table, features, snapshot, cache_dir, storage)
@@ -123,7 +122,7 @@ def run_retraining(config: TrainConfig) -> RetrainResult:
         tracker.finish(run_id, "FAILED")
         raise
     tracker.finish(run_id)
-    return replace(result, snapshot=snapshot)
+    return result
 
 
 def _features(
@@ -352,7 +351,3 @@ def _flatten(document: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             flat[name] = value
     return flat
-
-
-def bundle_has_config(path: str) -> bool:
-    return os.path.isfile(os.path.join(path, CONFIG_FILE))

@@ -103,8 +103,11 @@ class Tracker:
         for key, value in tags.items():
             self.client.set_tag(run_id, key, value)
 
+    def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
+        self.client.log_text(run_id, text, artifact_file)
+
     def log_json(self, run_id: str, document: Any, artifact_file: str) -> None:
-        self.client.log_text(run_id, json.dumps(document, indent=2, sort_keys=True, default=str), artifact_file)
+        self.log_text(run_id, json.dumps(document, indent=2, sort_keys=True, default=str), artifact_file)
 
     def finish(self, run_id: str, status: str = "FINISHED") -> None:
         self.client.set_terminated(run_id, status=status)
