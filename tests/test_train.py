@@ -166,3 +166,28 @@ def test_mlflow_server_registry_promotion_and_periodic_runs(shared_dir, tiny_dat
     )
     assert scored.returncode == 0, scored.stderr[-2000:]
     assert '"trained": true' in scored.stdout and '"model": "portrait-quality-' in scored.stdout
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_liqe_features_are_computed_once_and_cached(tiny_data, tmp_path):
+    import pyarrow.parquet as pq
+
+    from pipelines.storage import Storage
+    from training.features import cache_uri, load_or_compute
+    from training.retrain import feature_spec, initial_bundle
+
+    config = train_config(tmp_path, optim={"epochs": 1}, data={"manifests": [tiny_data["manifest"]]})
+    config = config.replace(preset="small-liqe")  # the LIQE branch (a tiny CLIP) feeds the head
+    result = run_retraining(config)
+    assert result.version == "1"
+
+    [cache] = (tmp_path / "runs" / "feature-cache").glob("features-*.parquet")
+    rows = pq.read_table(cache).to_pylist()
+    assert len(rows) == 40 and all(row["error"] is None and len(row["aux"]) == 495 for row in rows)
+
+    spec = feature_spec(config, initial_bundle(config)[0], uses_aux=True)
+    assert cache_uri(str(tmp_path / "runs" / "feature-cache"), spec) == str(cache)
+    written = cache.stat().st_mtime_ns
+    features, errors = load_or_compute([r["uri"] for r in rows], str(cache.parent), spec, Storage())
+    assert cache.stat().st_mtime_ns == written and not errors  # all cached: nothing recomputed
+    assert all(f.aux.shape == (495,) for f in features.values())

@@ -18,7 +18,7 @@ from typing import Any
 
 from pipelines.storage import Storage
 from piqa_model import BundleInfo, DualBranchNet, preset, save_bundle
-from piqa_model.bundle import bundle_files, read_bundle_files
+from piqa_model.bundle import WEIGHTS_FILE, bundle_files, read_bundle_files
 from training.config import TrainConfig
 from training.evaluate import flat_metrics, group_reports, group_rows, metrics_table, predict_examples, score_array
 from training.features import FeatureSpec, load_or_compute
@@ -125,6 +125,22 @@ def run_retraining(config: TrainConfig) -> RetrainResult:
     return result
 
 
+def feature_spec(config: TrainConfig, bundle: dict[str, bytes], uses_aux: bool) -> FeatureSpec:
+    """What the cached features of a network's training data depend on: the detector settings and, when the
+    head reads LIQE features, the LIQE weights (frozen: training the rest of the network keeps the cache valid)."""
+    digest = None
+    if uses_aux:
+        import torch
+        from safetensors.torch import load
+
+        weights = load(bundle[WEIGHTS_FILE])
+        hasher = hashlib.sha256()
+        for name in sorted(k for k in weights if k.startswith("liqe.")):
+            hasher.update(name.encode() + weights[name].contiguous().view(torch.uint8).numpy().tobytes())
+        digest = hasher.hexdigest()[:12]
+    return FeatureSpec(config.data.detect_size, config.data.min_face_size, digest)
+
+
 def _features(
     config: TrainConfig,
     uses_aux: bool,
@@ -133,12 +149,10 @@ def _features(
     cache_dir: str,
     storage: Storage,
 ):
-    digest = hashlib.sha256(bundle["model.safetensors"]).hexdigest()[:12] if uses_aux else None
-    spec = FeatureSpec(config.data.detect_size, config.data.min_face_size, digest)
     return load_or_compute(
         sorted({e.uri for e in table}),
         cache_dir,
-        spec,
+        feature_spec(config, bundle, uses_aux),
         storage,
         liqe_files=bundle if uses_aux else None,
         actors=config.num_workers,
