@@ -106,3 +106,28 @@ def test_train_cli_errors_are_one_line(tmp_path, capsys):
     assert run(["train", "--config", str(bad)]) == 1
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("piqa: error")]
     assert len(lines) == 3 and "missing.yaml does not exist" in lines[0] and "nothing.csv" in lines[2]
+
+
+def test_initial_bundle_from_the_jobs_own_registry(tmp_path, monkeypatch):
+    import piqa_model
+    from piqa_model.bundle import bundle_files
+    from training.retrain import initial_bundle
+    from training.tracking import Tracker
+
+    uri = f"sqlite:///{tmp_path / 'registry.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'elsewhere.db'}")  # must not be used
+    bundle = piqa_model.save_bundle(
+        piqa_model.DualBranchNet(piqa_model.preset("small-224")),
+        tmp_path / "bundle",
+        piqa_model.BundleInfo(name="champ", trained=True),
+    )
+    tracker = Tracker(uri, "e", "portrait-quality")
+    run_id = tracker.start_run("r", {})
+    tracker.log_artifacts(run_id, bundle, "bundle")
+    tracker.set_alias("champion", tracker.register(run_id, {}))
+
+    config = TrainConfig.from_dict(
+        {"init": "models:/portrait-quality@champion", "data": {"manifests": ["m.csv"]}, "tracking": {"uri": uri}}
+    )
+    files, source = initial_bundle(config)
+    assert files == bundle_files(bundle) and source == "models:/portrait-quality@champion (version 1)"

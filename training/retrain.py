@@ -19,6 +19,7 @@ from typing import Any
 from pipelines.storage import Storage
 from piqa_model import BundleInfo, DualBranchNet, preset, save_bundle
 from piqa_model.bundle import WEIGHTS_FILE, bundle_files, read_bundle_files
+from piqa_model.registry import download_registered_bundle, is_registry_uri
 from training.config import TrainConfig
 from training.evaluate import flat_metrics, group_reports, group_rows, metrics_table, predict_examples, score_array
 from training.features import FeatureSpec, load_or_compute
@@ -26,7 +27,7 @@ from training.loop import LoopInputs, load_state, train_loop_per_worker
 from training.promotion import Decision, decide
 from training.sources import LabelledImage, list_manifests, load_manifest, load_piq23
 from training.table import Example, build_table, counts, select, snapshot_id, without
-from training.tracking import TAG_CONFIG, TAG_SNAPSHOT, Tracker
+from training.tracking import TAG_CONFIG, TAG_SNAPSHOT, Tracker, absolute_tracking_uri
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,10 @@ def config_hash(config: TrainConfig) -> str:
 
 def initial_bundle(config: TrainConfig) -> tuple[dict[str, bytes], str]:
     """The starting network as bundle bytes: from the hub (`hub`), seeded random (`scratch`) or a bundle."""
+    if is_registry_uri(config.init):  # resolved through this job's registry, not the environment's
+        with tempfile.TemporaryDirectory() as cache:
+            path = download_registered_bundle(config.init, Path(cache), absolute_tracking_uri(config.tracking.uri))
+            return bundle_files(path), f"{config.init} (version {path.name.removeprefix('v')})"
     if config.init not in ("hub", "scratch"):
         return bundle_files(config.init), config.init
     import torch

@@ -59,7 +59,7 @@ def ship(uri: str, tracking_uri: str, out: Path = SHIPPED_BUNDLE, cache: Path | 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="models:/portrait-quality-starter@candidate")
+    parser.add_argument("--model", default="models:/portrait-quality-starter@champion")
     parser.add_argument("--tracking-uri", default="sqlite:///starter-data/mlflow.db")
     parser.add_argument("--out", type=Path, default=SHIPPED_BUNDLE)
     args = parser.parse_args()
