@@ -53,18 +53,24 @@ def test_import_of_a_missing_checkpoint_is_one_line_and_nonzero(tmp_path):
     assert result.stderr.strip().splitlines() == [f"piqa: error: checkpoint not found: {tmp_path / 'nope.pth'}"]
 
 
-def test_predict_prints_json_rows_and_flags_the_untrained_default(repo_root, tmp_path):
+def test_predict_prints_json_rows_with_the_starter_and_flags_an_untrained_bundle(repo_root, tmp_path):
     samples = repo_root / "samples" / "portraits"
     images = [samples / "congress_A000014.jpg", samples / "broken_not_an_image.jpg"]
     result = piqa("predict", *map(str, images), "--json", cache=tmp_path)
     assert result.returncode == 1  # one input failed
     document = json.loads(result.stdout)
-    assert document["trained"] is False
+    assert document["trained"] is True and document["model"].startswith("starter-")
     ok, broken = document["results"]
     assert ok["status"] == "ok" and isinstance(ok["score"], float) and ok["num_faces"] == 1
     assert broken["status"] == "decode_error" and broken["score"] is None
+    assert "UNTRAINED" not in result.stderr
 
-    table = piqa("predict", str(images[0]), cache=tmp_path)
+    untrained = piqa_model.save_bundle(
+        piqa_model.DualBranchNet(piqa_model.preset("small")),
+        tmp_path / "untrained",
+        piqa_model.BundleInfo(name="random", trained=False),
+    )
+    table = piqa("predict", str(images[0]), "--bundle", str(untrained), cache=tmp_path)
     assert table.returncode == 0
     assert "UNTRAINED" in table.stderr and "congress_A000014.jpg" in table.stdout
 

@@ -183,3 +183,16 @@ def test_python_m_jobs_filter(scored_folder, tmp_path, capsys):
     assert run([str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")], filter_job.build_parser) == 1
     assert capsys.readouterr().err.strip() == f"python -m jobs.filter: error: {tmp_path / 'nowhere'} does not exist"
     assert not (tmp_path / "o").exists()
+
+
+def test_report_of_scores_from_an_untrained_model_says_so(scored_folder, tmp_path):
+    import shutil
+
+    from jobs import report as report_job
+
+    scores = tmp_path / "scores"
+    shutil.copytree(scored_folder.scores, scores)
+    manifest = json.loads((scores / "_manifest.json").read_text())
+    (scores / "_manifest.json").write_text(json.dumps({**manifest, "model_trained": False}))
+    assert run([str(scores), "--out", str(tmp_path / "report.html")], report_job.build_parser) == 0
+    assert '<p id="untrained">' in (tmp_path / "report.html").read_text()

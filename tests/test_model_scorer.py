@@ -22,10 +22,10 @@ def cache_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def scorer(cache_dir: Path) -> piqa_model.Scorer:
-    with pytest.MonkeyPatch.context() as monkeypatch:
+    with pytest.MonkeyPatch.context() as monkeypatch, warnings.catch_warnings():
         monkeypatch.setenv("PIQA_CACHE_DIR", str(cache_dir))
-        with pytest.warns(piqa_model.UntrainedModelWarning, match="UNTRAINED"):
-            loaded = piqa_model.load_bundle()
+        warnings.simplefilter("error", piqa_model.UntrainedModelWarning)  # the shipped starter is trained
+        loaded = piqa_model.load_bundle()
     return loaded
 
 
@@ -41,20 +41,26 @@ def mixed_rows(scorer, portrait_bytes) -> list[dict]:
     return scorer.score([*portrait_bytes, pil, b"", b"not an image"])
 
 
-def test_default_bundle_is_the_untrained_small_network(scorer, cache_dir):
-    assert not scorer.trained
-    assert scorer.config == piqa_model.preset("small")
-    assert scorer.bundle_id.startswith("untrained-small-")
-    if not (bundle_module.SHIPPED_BUNDLE / bundle_module.CONFIG_FILE).is_file():
-        assert (cache_dir / "bundles" / "untrained-small" / "config.json").is_file()
+def test_default_bundle_is_the_shipped_starter_model(scorer):
+    assert scorer.trained and scorer.info.name == "starter"
+    assert scorer.config == piqa_model.preset("small-224")
+    files = list(bundle_module.SHIPPED_BUNDLE.iterdir())
+    assert sum(f.stat().st_size for f in files) <= 20_000_000
+    card = (bundle_module.SHIPPED_BUNDLE / "MODEL_CARD.md").read_text()
+    assert "small starter model" in card and "piqa weights import-dnpiqa" in card and "| all groups |" in card
 
 
-def test_default_bundle_is_reproducible(scorer, tmp_path, monkeypatch):
-    # A second cache builds the same seeded weights, hence the same bundle id.
-    monkeypatch.setenv("PIQA_CACHE_DIR", str(tmp_path))
-    with pytest.warns(piqa_model.UntrainedModelWarning):
-        again = piqa_model.load_bundle()
-    assert again.bundle_id == scorer.bundle_id
+def test_without_a_starter_the_default_is_a_reproducible_untrained_network(tmp_path, monkeypatch):
+    monkeypatch.setattr(bundle_module, "SHIPPED_BUNDLE", tmp_path / "no-starter")
+    ids = []
+    for cache in ("a", "b"):  # two caches build the same seeded weights, hence the same bundle id
+        monkeypatch.setenv("PIQA_CACHE_DIR", str(tmp_path / cache))
+        with pytest.warns(piqa_model.UntrainedModelWarning, match="UNTRAINED"):
+            untrained = piqa_model.load_bundle()
+        assert not untrained.trained and untrained.config == piqa_model.preset("small")
+        assert (tmp_path / cache / "bundles" / "untrained-small" / "config.json").is_file()
+        ids.append(untrained.bundle_id)
+    assert ids[0] == ids[1] and ids[0].startswith("untrained-small-")
 
 
 def test_mixed_inputs_give_one_row_each_in_order(mixed_rows):

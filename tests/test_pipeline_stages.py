@@ -35,7 +35,8 @@ def test_prepare_then_score_equals_the_fused_actor(shared_dir, tmp_path):
         config=net.config.replace(crop_mode="center"), detect_size=640, min_face_size=20, max_pixels=10**8
     )
     prepared = Prepare(**prepare_args)(batch)
-    assert prepared["overall"].shape == (len(corpus.expected), 1, 3, 384, 384)
+    crop = net.config.crop
+    assert prepared["overall"].shape == (len(corpus.expected), 1, 3, crop, crop)
     split = Score(files, device="cpu")(prepared)
     fused = PrepareAndScore(prepare=prepare_args, score=dict(bundle_files=files))(batch)
 

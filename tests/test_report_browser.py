@@ -132,7 +132,7 @@ def test_report_page_in_chromium(chromium, scored_folder, tmp_path, capsys):
     assert len(dom.find("tr", inside="shards")) == 1 + 4  # header + 4 shards
     assert len(dom.find("tr", inside="statuses")) == 1 + 4  # ok, decode_error, too_large, unsupported
     assert not [img for img in dom.find("img") if not img["src"].startswith("data:")], "the page must not fetch"
-    assert dom.find("p", id="untrained"), "scores of the untrained default bundle must say so"
+    assert not dom.find("p", id="untrained"), "the shipped starter model is trained: no warning box"
 
 
 def test_filter_report_shows_kept_and_dropped(chromium, scored_folder, tmp_path):
