@@ -68,7 +68,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
-            state = torch.load(os.path.join(directory, STATE_FILE), map_location="cpu", weights_only=False)
+            state = torch.load(os.path.join(directory, STATE_FILE), map_location="cpu", weights_only=True)
         net.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
@@ -228,4 +228,4 @@ class _EpochLogger:
 
 def load_state(directory: str) -> dict[str, Any]:
     """The state a finished (or interrupted) run's checkpoint holds."""
-    return torch.load(os.path.join(directory, STATE_FILE), map_location="cpu", weights_only=False)
+    return torch.load(os.path.join(directory, STATE_FILE), map_location="cpu", weights_only=True)
