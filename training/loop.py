@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from pipelines.storage import Storage
+from piqa_model import DualBranchNet
 from piqa_model.bundle import read_bundle_files
 from piqa_model.errors import ConfigError
 from piqa_model.losses import fidelity_loss, sample_pairs
@@ -59,7 +60,6 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     net = read_bundle_files(inputs.init_files)[0]
     if net.liqe is not None:  # a frozen feature extractor; its outputs come from the cache
         net.liqe.requires_grad_(False)
-    module = net
     optimizer = torch.optim.AdamW(
         [p for p in net.parameters() if p.requires_grad], lr=config.optim.lr, weight_decay=config.optim.weight_decay
     )
@@ -73,6 +73,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
         state["resumed_at"].append(state["epoch"])
+    # DDP wraps `net` (same parameters): train through `model`, evaluate and save through `net`.
     model = ray.train.torch.prepare_model(net, parallel_strategy_kwargs={"find_unused_parameters": False})
     device = ray.train.torch.get_device()
     precision = config.effective_precision
@@ -108,8 +109,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         total, steps = 0.0, 0
         for indices in batches:
             batch = collate([datasets["train"][i] for i in indices])
-            overall = module.normalise(batch.overall.flatten(0, 1).to(device))
-            face = module.normalise(batch.face.flatten(0, 1).to(device))
+            overall = net.normalise(batch.overall.flatten(0, 1).to(device))
+            face = net.normalise(batch.face.flatten(0, 1).to(device))
             aux = None if batch.aux is None else batch.aux.to(device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
                 pred = model(overall, face, aux).float().squeeze(1)
@@ -138,15 +139,15 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         }
         for name in ("val", "test"):
             if splits[name]:
-                metrics.update(_evaluate(module, datasets[name], splits[name], name, precision, rank, world))
+                metrics.update(_evaluate(net, datasets[name], splits[name], name, precision, rank, world))
         metrics["epoch_seconds"] = time.time() - started
         state["history"].append(metrics)
         selection = metrics.get(SELECTION_METRIC, -metrics["train/loss"])
         if state["best"] is None or selection > state["best"]["selection"]:
-            state["best"] = {"epoch": epoch, "selection": selection, "model": _cpu_copy(module.state_dict())}
+            state["best"] = {"epoch": epoch, "selection": selection, "model": _cpu_copy(net.state_dict())}
         state.update(
             epoch=epoch + 1,
-            model=_cpu_copy(module.state_dict()),
+            model=_cpu_copy(net.state_dict()),
             optimizer=optimizer.state_dict(),
             schedule=schedule.state_dict(),
         )
@@ -165,7 +166,7 @@ def _progress_line(metrics: dict[str, float], epochs: int) -> str:
 
 
 def _evaluate(
-    module: torch.nn.Module,
+    net: DualBranchNet,
     dataset: ExampleDataset,
     examples: list[Example],
     prefix: str,
@@ -173,7 +174,7 @@ def _evaluate(
     rank: int,
     world: int,
 ) -> dict[str, float]:
-    scores = predict_examples(module, dataset, batch_size=8, precision=precision, rank=rank, world=world)
+    scores = predict_examples(net, dataset, batch_size=8, precision=precision, rank=rank, world=world)
     if world > 1:
         gathered: list[dict[int, float] | None] = [None] * world
         torch.distributed.all_gather_object(gathered, scores)
