@@ -48,7 +48,10 @@ def ship(uri: str, tracking_uri: str, out: Path = SHIPPED_BUNDLE, cache: Path | 
         ]
         rest = "\n## ".join(["", *sections]).lstrip("\n")
         starter = dataclasses.replace(info, name="starter", description=DESCRIPTION, source=f"{uri} ({info.source})")
-        provenance = f"Trained with `make starter` (`configs/starter.yaml`); registry source: {starter.source}.\n\n"
+        provenance = (
+            "Trained with `make starter`: `configs/starter.yaml` (10 epochs from scratch), then "
+            f"`configs/starter-finetune.yaml` (the recipe below); registry source: {starter.source}.\n\n"
+        )
         card = f"# Model card: starter ({net.config.name})\n\n{PREFACE}{provenance}{rest}"
         path = save_bundle(net, out, starter, card)
     document = json.loads((path / CONFIG_FILE).read_text())
