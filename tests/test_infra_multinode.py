@@ -120,7 +120,8 @@ def test_retrain_job_on_two_nodes_reads_and_writes_s3(
         cluster,
         "--runtime-env", str(runtime_env_file), "--submission-id", "retrain-multinode",
         entrypoint=["python", "-m", "jobs.retrain", "--config", str(path), "--num-workers", "2",
-                    "--storage-path", f"s3://{BUCKET}/train-runs", "--tracking-uri", mlflow_server],
+                    "--storage-path", f"s3://{BUCKET}/train-runs", "--tracking-uri", mlflow_server,
+                    "--model-name", "multinode", "--experiment", "multinode"],
         cwd=repo_root,
     )  # fmt: skip
 
@@ -129,7 +130,7 @@ def test_retrain_job_on_two_nodes_reads_and_writes_s3(
     assert len(bucket.glob(f"{BUCKET}/train-runs/retrain-*/checkpoint_*/state.pt")) == 2
     assert bucket.glob(f"{BUCKET}/train-runs/feature-cache/features-*.parquet")
     client = MlflowClient(mlflow_server)
-    version = client.get_model_version_by_alias("portrait-quality", "champion")
+    version = client.get_model_version_by_alias("multinode", "champion")
     assert client.get_run(version.run_id).info.status == "FINISHED"
     # One training worker per node: DDP across the head and the worker node.
     assert {"head", "decode"} <= ran_on_nodes(cluster, "retrain-multinode")

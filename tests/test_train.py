@@ -123,7 +123,8 @@ def test_mlflow_server_registry_promotion_and_periodic_runs(shared_dir, tiny_dat
     (curated / "batch-1.parquet").write_bytes(first.read_bytes())
     # Relative uris resolve against the manifest's folder: keep the images where the manifest points.
     (curated / "images").symlink_to(first.parent / "images")
-    config = train_config(tmp_path, tracking_uri=mlflow_server, data={"curated": [str(curated)]})
+    names = {"model_name": "server-test", "experiment": "server-test"}  # the server is shared by the session
+    config = train_config(tmp_path, tracking_uri=mlflow_server, tracking=names, data={"curated": [str(curated)]})
 
     promoted = run_retraining(config)
     client = MlflowClient(mlflow_server)
@@ -133,8 +134,8 @@ def test_mlflow_server_registry_promotion_and_periodic_runs(shared_dir, tiny_dat
     assert len(client.get_metric_history(promoted.run_id, "val/srcc_mean")) == 3
     artifacts = {a.path for a in client.list_artifacts(promoted.run_id)}
     assert {"bundle", "reports", "promotion.json", "config.yaml", "data"} <= artifacts
-    assert client.get_model_version_by_alias("portrait-quality", "champion").version == "1"
-    assert client.get_model_version_by_alias("portrait-quality", "candidate").version == "1"
+    assert client.get_model_version_by_alias("server-test", "champion").version == "1"
+    assert client.get_model_version_by_alias("server-test", "candidate").version == "1"
 
     unchanged = run_retraining(config)
     assert unchanged.skipped and unchanged.run_id == promoted.run_id
@@ -144,19 +145,18 @@ def test_mlflow_server_registry_promotion_and_periodic_runs(shared_dir, tiny_dat
     (curated / "batch-2").mkdir()
     (curated / "batch-2" / "batch-2.parquet").write_bytes(Path(second).read_bytes())
     (curated / "batch-2" / "images").symlink_to(Path(second).parent / "images")
-    strict = train_config(
-        tmp_path, mlflow_server, tracking={"promote_tolerance": -1.5}, data={"curated": [str(curated)]}
-    )
+    strict_gate = {**names, "promote_tolerance": -1.5}
+    strict = train_config(tmp_path, mlflow_server, tracking=strict_gate, data={"curated": [str(curated)]})
     refused = run_retraining(strict)
     assert refused.snapshot != promoted.snapshot and not refused.skipped
     assert not refused.decision.promote and refused.decision.champion is not None
-    assert client.get_model_version_by_alias("portrait-quality", "champion").version == "1"
-    assert client.get_model_version_by_alias("portrait-quality", "candidate").version == "2"
+    assert client.get_model_version_by_alias("server-test", "champion").version == "1"
+    assert client.get_model_version_by_alias("server-test", "candidate").version == "2"
     assert client.get_run(refused.run_id).data.tags["piqa.promoted"] == "false"
 
     # The champion resolves through the registry for scoring.
     scored = subprocess.run(
-        [sys.executable, "-m", "jobs.cli", "predict", "--json", "--bundle", "models:/portrait-quality@champion"]
+        [sys.executable, "-m", "jobs.cli", "predict", "--json", "--bundle", "models:/server-test@champion"]
         + [str(p) for p in sorted((shared_dir / "data" / "portraits" / "london").glob("*.jpg"))[:2]],
         cwd=repo_root,
         env=dict(os.environ, MLFLOW_TRACKING_URI=mlflow_server, PIQA_CACHE_DIR=str(tmp_path / "cache")),
@@ -165,7 +165,7 @@ def test_mlflow_server_registry_promotion_and_periodic_runs(shared_dir, tiny_dat
         timeout=300,
     )
     assert scored.returncode == 0, scored.stderr[-2000:]
-    assert '"trained": true' in scored.stdout and '"model": "portrait-quality-' in scored.stdout
+    assert '"trained": true' in scored.stdout and '"model": "server-test-' in scored.stdout
 
 
 @pytest.mark.usefixtures("ray_local")

@@ -141,7 +141,7 @@ def feature_spec(config: TrainConfig, bundle: dict[str, bytes], uses_aux: bool) 
         weights = load(bundle[WEIGHTS_FILE])
         hasher = hashlib.sha256()
         for name in sorted(k for k in weights if k.startswith("liqe.")):
-            hasher.update(name.encode() + weights[name].contiguous().view(torch.uint8).numpy().tobytes())
+            hasher.update(name.encode() + weights[name].contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
         digest = hasher.hexdigest()[:12]
     return FeatureSpec(config.data.detect_size, config.data.min_face_size, digest)
 
