@@ -93,14 +93,18 @@ def read_bundle(path: str | Path) -> tuple[DualBranchNet, BundleInfo, str]:
     return read_bundle_files(bundle_files(path))
 
 
-def read_bundle_files(files: dict[str, bytes]) -> tuple[DualBranchNet, BundleInfo, str]:
-    """`read_bundle` on bytes already in memory (how the pipeline ships a bundle to its workers)."""
+def read_bundle_config(files: dict[str, bytes]) -> tuple[ModelConfig, BundleInfo]:
+    """A bundle's model config and info, without building the network."""
     try:
         document = json.loads(files[CONFIG_FILE])
-        config = ModelConfig.from_dict(document["model"])
-        info = BundleInfo(**document["bundle"])
+        return ModelConfig.from_dict(document["model"]), BundleInfo(**document["bundle"])
     except (ValueError, KeyError, TypeError) as exc:
         raise WeightsError(f"not a valid bundle config: {exc}") from None
+
+
+def read_bundle_files(files: dict[str, bytes]) -> tuple[DualBranchNet, BundleInfo, str]:
+    """`read_bundle` on bytes already in memory (how the pipeline ships a bundle to its workers)."""
+    config, info = read_bundle_config(files)
     net = DualBranchNet(config)
     try:
         missing, unexpected = net.load_state_dict(load(files[WEIGHTS_FILE]), strict=False)

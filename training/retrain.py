@@ -18,7 +18,7 @@ from typing import Any
 
 from pipelines.storage import Storage
 from piqa_model import BundleInfo, DualBranchNet, preset, save_bundle
-from piqa_model.bundle import WEIGHTS_FILE, bundle_files, read_bundle_files
+from piqa_model.bundle import WEIGHTS_FILE, bundle_files, read_bundle_config, read_bundle_files
 from piqa_model.registry import download_registered_bundle, is_registry_uri
 from training.config import TrainConfig
 from training.evaluate import flat_metrics, group_reports, group_rows, metrics_table, predict_examples, score_array
@@ -106,7 +106,7 @@ def run_retraining(config: TrainConfig) -> RetrainResult:
 
     ensure_ray(log_to_driver=True)
     init_files, init_source = initial_bundle(config)
-    net_config = read_bundle_files(init_files)[0].config
+    net_config = read_bundle_config(init_files)[0]
     cache_dir = config.data.cache_dir or f"{config.storage_path.rstrip('/')}/feature-cache"
     features, failures = _features(config, net_config.aux == "liqe", init_files, table, cache_dir, storage)
     table = without(table, set(failures))
@@ -278,7 +278,7 @@ def _evaluate_remote(
 
     scores = {}
     for name, files in bundles.items():
-        uses_aux = read_bundle_files(files)[0].config.aux == "liqe"
+        uses_aux = read_bundle_config(files)[0].aux == "liqe"
         bundle_features = features
         if uses_aux:
             bundle_features, _ = _features(config, True, files, test, cache_dir, storage)
