@@ -42,16 +42,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from harness import DATA, OUT_DIR, spread, upscaled
 from PIL import Image
 
 from piqa_model import DualBranchNet, FaceDetector, open_image, predict, prepare, preset
 from piqa_model.decode import ModelImage, decode_for_model
 
-REPO = Path(__file__).resolve().parents[1]
-DATA = REPO.parent / "shared" / "data"
-OUT_DIR = REPO / "bench" / "out"
 TARGET = 4.0  # (a) / (c)
-MEGAPIXELS = 12_000_000
 
 
 @dataclass
@@ -110,25 +107,6 @@ def parse_args() -> argparse.Namespace:
     if min(args.images, args.repeats, args.full_res_images) < 1:
         parser.error("--images, --repeats and --full-res-images must be at least 1")
     return args
-
-
-def spread(paths: list[Path], count: int) -> list[Path]:
-    """`count` paths evenly spaced over the sorted list (the PIQ23 examples are one per scene)."""
-    if len(paths) < count:
-        raise SystemExit(f"only {len(paths)} images under {paths[0].parent if paths else DATA}, asked for {count}")
-    step = len(paths) / count
-    return [paths[int(i * step)] for i in range(count)]
-
-
-def upscaled(path: Path, folder: Path) -> Path:
-    """A 12 MP JPEG (quality 92) of `path`, same aspect ratio, made once."""
-    target = folder / f"{path.stem}-12mp.jpg"
-    if not target.exists():
-        image = Image.open(path).convert("RGB")
-        factor = math.sqrt(MEGAPIXELS / (image.width * image.height))
-        size = (round(image.width * factor), round(image.height * factor))
-        image.resize(size, Image.Resampling.BICUBIC).save(target, "JPEG", quality=92)
-    return target
 
 
 def fastest(repeats: int, run, clock):

@@ -42,10 +42,21 @@ def add_score_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--key-column", default="key", help="key column of Parquet inputs")
     parser.add_argument("--overwrite", action="store_true", help="start over instead of resuming")
     parser.add_argument("--batch-size", type=int, help="images per model forward (default: 32 on GPU, 1 on CPU)")
-    parser.add_argument("--prepare-actors", type=_actors, default=(1, 4), metavar="MIN,MAX")
-    parser.add_argument("--score-actors", type=_actors, default=(1, 4), metavar="MIN,MAX")
+    parser.add_argument(
+        "--prepare-actors",
+        type=_actors,
+        metavar="MIN,MAX",
+        help="GPU clusters: CPU actors feeding the GPUs (default: every CPU left)",
+    )
+    parser.add_argument(
+        "--score-actors", type=_actors, metavar="MIN,MAX", help="model actors (default: one per GPU, else one per core)"
+    )
     parser.add_argument("--gpus-per-actor", type=float, help="GPUs per scoring actor (default: 1 if any, else CPU)")
-    parser.add_argument("--cpus-per-actor", type=float, help="CPUs per model actor (default: auto)")
+    parser.add_argument(
+        "--cpus-per-actor",
+        type=float,
+        help="CPUs (and torch threads, rounded up) per actor (default: 1 or just under)",
+    )
     parser.add_argument("--detect-size", type=int, default=640, help="longest side of the face-detection preview")
     parser.add_argument("--min-face-size", type=int, default=20, help="smallest face sought, in preview pixels")
     parser.add_argument("--crop-mode", choices=("five", "center"), default="five")

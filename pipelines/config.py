@@ -20,10 +20,10 @@ class ScoreConfig:
     key_column: str = "key"
     overwrite: bool = False
     batch_size: int | None = None  # images per model forward; None: 32 beside a GPU, 1 on CPUs (fastest there)
-    prepare_actors: tuple[int, int] = (1, 4)
-    score_actors: tuple[int, int] = (1, 4)
+    prepare_actors: tuple[int, int] | None = None  # (min, max); None: fill the cluster (pipelines.layout)
+    score_actors: tuple[int, int] | None = None
     gpus_per_actor: float | None = None  # None: 1 when the cluster has GPUs, else CPU
-    cpus_per_actor: float | None = None  # None: 1 beside a GPU; without GPUs, a node's CPUs less the readers'
+    cpus_per_actor: float | None = None  # None: 1 beside a GPU; without GPUs, one single-threaded actor per core
     detect_size: int = 640
     min_face_size: int = 20  # in detection-preview pixels
     precision: Literal["fp32", "bf16"] = "fp32"
@@ -33,9 +33,13 @@ class ScoreConfig:
 
     def __post_init__(self) -> None:
         for name in ("prepare_actors", "score_actors"):
+            if getattr(self, name) is None:
+                continue
             low, high = getattr(self, name)
             if not 1 <= low <= high:
                 raise ValueError(f"{name} must be MIN,MAX with 1 <= MIN <= MAX, got {low},{high}")
+        if self.cpus_per_actor is not None and self.cpus_per_actor <= 0:
+            raise ValueError("cpus_per_actor must be positive")
         if (self.batch_size is not None and self.batch_size < 1) or self.shard_size < 1:
             raise ValueError("batch_size and shard_size must be at least 1")
         if self.precision not in ("fp32", "bf16"):

@@ -8,6 +8,7 @@ local cluster, so Ray workers and Ray Train's controller see them.
 
 from __future__ import annotations
 
+import logging
 import os
 
 import ray
@@ -65,7 +66,14 @@ def ensure_ray(log_to_driver: bool = False) -> None:
         return
     apply_local_hygiene()
     env_vars = {name: os.environ[name] for name in SHARED_ENV if name in os.environ}
-    start_local_ray(runtime_env={"env_vars": env_vars}, log_to_driver=log_to_driver)
+    runtime_env = {"env_vars": env_vars, "worker_process_setup_hook": "pipelines.runtime.quiet_local_workers"}
+    start_local_ray(runtime_env=runtime_env, log_to_driver=log_to_driver)
+
+
+def quiet_local_workers() -> None:
+    """Worker setup of a local cluster: silence Ray Train's placement-group cleaner, which polls the State API
+    once a second and, with no dashboard to answer (a local cluster starts none), warns every time."""
+    logging.getLogger("ray.train.v2._internal.execution.controller.placement_group_cleaner").setLevel(logging.ERROR)
 
 
 def start_local_ray(**options) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import posixpath
 import time
 from dataclasses import dataclass, field
@@ -14,6 +13,7 @@ import ray
 from ray.data import ActorPoolStrategy
 
 from pipelines.config import ScoreConfig
+from pipelines.layout import READ_TASK_CPUS, plan_layout
 from pipelines.runtime import ensure_ray
 from pipelines.shards import Shard, list_shards
 from pipelines.stages import Prepare, PrepareAndScore, Score, read_shards, shard_rows
@@ -28,7 +28,6 @@ from piqa_model.bundle import (
 )
 
 MANIFEST = "_manifest.json"
-READ_TASK_CPUS = 0.25
 
 
 class IncompleteRunError(RuntimeError):
@@ -110,10 +109,8 @@ def _build_dataset(
     shards: list[Shard], config: ScoreConfig, storage: Storage, model_config: ModelConfig, files: dict
 ) -> ray.data.Dataset:
     resources = ray.cluster_resources()
-    gpus = config.gpus_per_actor
-    if gpus is None:
-        gpus = 1.0 if resources.get("GPU", 0) > 0 else 0.0
-    batch_size = config.batch_size or (32 if gpus > 0 else 1)
+    node_cpus = min(node["Resources"].get("CPU", 1.0) for node in ray.nodes() if node["Alive"])
+    layout = plan_layout(config, resources.get("CPU", 1.0), resources.get("GPU", 0.0), node_cpus)
     ds = ray.data.from_items(shard_rows(shards), override_num_blocks=len(shards))
     ds = ds.map_batches(
         read_shards,
@@ -121,7 +118,10 @@ def _build_dataset(
         batch_format="numpy",
         num_cpus=READ_TASK_CPUS,
         fn_kwargs=dict(
-            storage=storage, image_column=config.image_column, key_column=config.key_column, chunk_size=batch_size
+            storage=storage,
+            image_column=config.image_column,
+            key_column=config.key_column,
+            chunk_size=layout.block_rows,
         ),
     )
     prepare_args = dict(
@@ -131,35 +131,38 @@ def _build_dataset(
         max_pixels=config.max_pixels,
         decode=config.decode,
     )
-    if gpus > 0:
-        cpus = config.cpus_per_actor or 1.0
-        actor_options = dict(batch_size=batch_size, batch_format="numpy", num_cpus=cpus)
-        ds = ds.map_batches(
-            Prepare, fn_constructor_kwargs=prepare_args, compute=_pool(config.prepare_actors), **actor_options
-        )
-        score_args = dict(bundle_files=files, precision=config.precision, threads=math.ceil(cpus))
+    score, prepare = layout.score, layout.prepare
+    score_args = dict(bundle_files=files, precision=config.precision, threads=score.threads)
+    options = dict(batch_size=layout.batch_size, batch_format="numpy")
+    if prepare is None:
         return ds.map_batches(
-            Score, fn_constructor_kwargs=score_args, compute=_pool(config.score_actors), num_gpus=gpus, **actor_options
+            PrepareAndScore,
+            fn_constructor_kwargs=dict(prepare=prepare_args | dict(threads=score.threads), score=score_args),
+            compute=_pool(score.size, len(shards)),
+            num_cpus=score.cpus,
+            **options,
         )
-    # No GPU: fused actors that leave CPU for the read tasks (a pool holding every CPU starves them).
-    node_cpus = min(n["Resources"].get("CPU", 1.0) for n in ray.nodes() if n["Alive"])
-    cpus = config.cpus_per_actor or max(READ_TASK_CPUS, node_cpus - READ_TASK_CPUS)
-    slots = max(1, int((resources.get("CPU", 1.0) - READ_TASK_CPUS) // cpus))
-    low, high = config.score_actors
-    score_args = dict(bundle_files=files, precision=config.precision, threads=math.ceil(cpus))
+    ds = ds.map_batches(
+        Prepare,
+        fn_constructor_kwargs=prepare_args | dict(threads=prepare.threads),
+        compute=_pool(prepare.size, len(shards)),
+        num_cpus=prepare.cpus,
+        **options,
+    )
     return ds.map_batches(
-        PrepareAndScore,
-        fn_constructor_kwargs=dict(prepare=prepare_args, score=score_args),
-        compute=_pool((min(low, slots), min(high, slots))),
-        batch_size=batch_size,
-        batch_format="numpy",
-        num_cpus=cpus,
+        Score,
+        fn_constructor_kwargs=score_args,
+        compute=_pool(score.size, len(shards)),
+        num_cpus=score.cpus,
+        num_gpus=score.gpus,
+        **options,
     )
 
 
-def _pool(sizes: tuple[int, int]) -> ActorPoolStrategy:
+def _pool(sizes: tuple[int, int], shards: int) -> ActorPoolStrategy:
+    """A pool that starts no more actors than there are shards (a small job's blocks could not feed them)."""
     low, high = sizes
-    return ActorPoolStrategy(min_size=low, max_size=high)
+    return ActorPoolStrategy(min_size=min(low, shards), max_size=high)
 
 
 def _finished_shards(output: str, storage: Storage) -> set[str]:

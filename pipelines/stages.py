@@ -79,7 +79,9 @@ class Prepare:
         max_pixels: int,
         device: str = "cpu",
         decode: DecodeMode = "draft",
+        threads: int = 1,
     ) -> None:
+        torch.set_num_threads(threads)
         self.config, self.max_pixels, self.decode = config, max_pixels, decode
         self.detector = FaceDetector(detect_size, min_face_size, device=device)
 

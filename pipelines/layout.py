@@ -1,0 +1,87 @@
+"""How the scoring job spreads over a cluster: pool sizes, CPUs and threads per actor, batch and block sizes.
+
+Measured on the 2-core CI machine (BENCHMARKS.md, `bench/speed.py`): torch's threads stall whenever another
+process takes one of their cores, and a Ray node always has other processes (the driver's executor, the
+raylet, the read tasks). So CPU work runs in single-threaded actors, one per core, each holding a little less
+than one CPU so that the read tasks always find room:
+
+- no GPU: fused actors (decode, detect, crop, score in one process: crops never cross the object store),
+  one per core of the cluster;
+- GPUs: one scoring actor per GPU (or per `gpus_per_actor`), fed by single-threaded prepare actors (decode,
+  detect, crop) on every CPU the scoring actors leave free. A full `dn-piqa` forward of a batch of 32 takes
+  far less than the ~80 ms of CPU a 2.4 MP photo needs to be decoded, searched for a face and cut, so a GPU
+  wants a dozen or more prepare actors: give a GPU node the CPUs to match (docs/deploy.md).
+
+Every size can be set explicitly (`ScoreConfig`); the derived ones fill the cluster as it is when the job starts.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from pipelines.config import ScoreConfig
+
+READ_TASK_CPUS = 0.25
+BLOCK_ROWS = 16  # images per block between steps: Ray's per-block cost is paid once per this many images
+GPU_BATCH = 32
+
+
+@dataclass(frozen=True)
+class Pool:
+    """An actor pool: its size (min, max), and what each actor holds."""
+
+    size: tuple[int, int]
+    cpus: float
+    threads: int
+    gpus: float = 0.0
+
+
+@dataclass(frozen=True)
+class Layout:
+    batch_size: int  # images per model forward
+    block_rows: int  # images per block handed from step to step
+    score: Pool  # the fused actors without GPUs; the GPU scoring actors otherwise
+    prepare: Pool | None  # GPU clusters only: the CPU actors that feed the scoring ones
+
+
+def plan_layout(config: ScoreConfig, total_cpus: float, total_gpus: float, node_cpus: float) -> Layout:
+    """The layout for a cluster with these resources (`node_cpus`: the smallest node's CPUs)."""
+    gpus = config.gpus_per_actor
+    if gpus is None:
+        gpus = 1.0 if total_gpus > 0 else 0.0
+    if gpus > 0:
+        return _gpu_layout(config, gpus, total_cpus, total_gpus)
+    batch_size = config.batch_size or 1
+    cpus = config.cpus_per_actor or max(READ_TASK_CPUS, (node_cpus - READ_TASK_CPUS) / max(1.0, node_cpus))
+    slots = _fits(total_cpus - READ_TASK_CPUS, cpus)
+    pool = Pool(_sizes(config.score_actors, slots), cpus, _threads(cpus))
+    return Layout(batch_size, max(batch_size, BLOCK_ROWS), pool, None)
+
+
+def _gpu_layout(config: ScoreConfig, gpus: float, total_cpus: float, total_gpus: float) -> Layout:
+    batch_size = config.batch_size or GPU_BATCH
+    cpus = config.cpus_per_actor or 1.0
+    scorers = _sizes(config.score_actors, _fits(total_gpus, gpus))
+    left = total_cpus - READ_TASK_CPUS - scorers[1] * cpus
+    prepare = Pool(_sizes(config.prepare_actors, _fits(left, cpus)), cpus, _threads(cpus))
+    return Layout(batch_size, max(batch_size, BLOCK_ROWS), Pool(scorers, cpus, _threads(cpus), gpus), prepare)
+
+
+def _fits(available: float, each: float) -> int:
+    """How many `each` fit in `available` (at least one: Ray then queues what does not fit)."""
+    return max(1, math.floor(available / each + 1e-6))
+
+
+def _threads(cpus: float) -> int:
+    return max(1, math.ceil(cpus - 1e-6))
+
+
+def _sizes(requested: tuple[int, int] | None, slots: int) -> tuple[int, int]:
+    """The pool's (min, max): as requested (min at most `slots`: a pool waits for its min), else all `slots`
+    from the start (a fixed cluster gains nothing from starting small and growing mid-run, which loads the
+    model again in each new actor)."""
+    if requested is None:
+        return slots, slots
+    low, high = requested
+    return min(low, slots), high
