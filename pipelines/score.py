@@ -14,9 +14,10 @@ from ray.data import ActorPoolStrategy
 
 from pipelines.config import ScoreConfig
 from pipelines.layout import READ_TASK_CPUS, plan_layout
+from pipelines.readers import read_shards, shard_rows
 from pipelines.runtime import ensure_ray
 from pipelines.shards import Shard, list_shards
-from pipelines.stages import Prepare, PrepareAndScore, Score, read_shards, shard_rows
+from pipelines.stages import Prepare, PrepareAndScore, Score
 from pipelines.storage import Storage
 from pipelines.writer import ShardCommitter, shard_output_uri
 from piqa_model import ModelConfig

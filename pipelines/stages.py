@@ -1,4 +1,4 @@
-"""The pipeline's steps as Ray Data callables: read (tasks), prepare and score (actor pools).
+"""The pipeline's model steps as Ray Data callables: prepare and score (actor pools); reading is in `readers`.
 
 Each step is a thin shell around `piqa_model`: the numbers come from the same functions `Scorer` uses.
 Per-image results travel as a small JSON column (`meta`) so that error rows and nulls need no
@@ -8,16 +8,11 @@ sentinels; crops travel as uint8 tensor columns between `Prepare` and `Score`.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 import torch
 
-from pipelines.readers import read_records
-from pipelines.shards import Shard
-from pipelines.storage import Storage
 from piqa_model import ImageError, ModelConfig, PreparedImage, predict, prepare
 from piqa_model.bundle import read_bundle_files
 from piqa_model.decode import DecodeMode, Preview, open_preview
@@ -25,47 +20,6 @@ from piqa_model.faces import FaceDetection, FaceDetector
 from piqa_model.scorer import result_fields
 
 ID_COLUMNS = ("key", "source", "shard", "index", "shard_total")
-RECORD_SCHEMA = pa.schema(
-    [
-        ("key", pa.string()),
-        ("source", pa.string()),
-        ("shard", pa.string()),
-        ("index", pa.int64()),
-        ("shard_total", pa.int64()),
-        ("data", pa.binary()),
-        ("read_error", pa.string()),
-    ]
-)
-
-
-def shard_rows(shards: list[Shard]) -> list[dict[str, Any]]:
-    """The items of the dataset the pipeline starts from: one per shard."""
-    return [{"shard_id": s.shard_id, "kind": s.kind, "source": s.source, "files": list(s.files)} for s in shards]
-
-
-def read_shards(
-    batch: dict[str, np.ndarray], *, storage: Storage, image_column: str, key_column: str, chunk_size: int
-) -> Iterator[pa.Table]:
-    """Task: shard rows in, their records out in chunks of `chunk_size`."""
-    for shard_id, kind, source, files in zip(
-        batch["shard_id"], batch["kind"], batch["source"], batch["files"], strict=True
-    ):
-        shard = Shard(str(shard_id), kind, str(source), tuple(str(f) for f in files))
-        records = read_records(shard, storage, image_column, key_column)
-        for start in range(0, len(records), chunk_size):
-            chunk = records[start : start + chunk_size]
-            yield pa.Table.from_pydict(
-                {
-                    "key": [r.key for r in chunk],
-                    "source": [r.source for r in chunk],
-                    "shard": [shard.shard_id] * len(chunk),
-                    "index": list(range(start, start + len(chunk))),
-                    "shard_total": [len(records)] * len(chunk),
-                    "data": [r.data for r in chunk],
-                    "read_error": [r.error for r in chunk],
-                },
-                schema=RECORD_SCHEMA,
-            )
 
 
 class Prepare:

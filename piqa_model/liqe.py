@@ -15,10 +15,8 @@ import math
 import re
 from dataclasses import dataclass
 
-import open_clip
 import torch
 import torch.nn.functional as F
-from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
 from torch import nn
 
 from piqa_model.config import LiqeConfig
@@ -112,6 +110,8 @@ class LiqeBranch(nn.Module):
     """Frozen CLIP + cached prompt features; maps uint8 patches to the 495 LIQE logits."""
 
     def __init__(self, config: LiqeConfig) -> None:
+        from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg  # heavy; only models with LIQE need it
+
         super().__init__()
         self.config = config
         self.clip = CLIP(
@@ -141,6 +141,8 @@ class LiqeBranch(nn.Module):
     def prompt_features(self) -> torch.Tensor:
         """Unit-normalised text features [495, E]; encoded on first use, then kept (and saved)."""
         if torch.isnan(self.text_features).any():
+            import open_clip
+
             tokens = open_clip.tokenize(prompts(), context_length=self.config.context_length)
             tokens = tokens.to(self.text_features.device)
             features = torch.cat([self.clip.encode_text(chunk) for chunk in tokens.split(128)])
@@ -176,6 +178,8 @@ class LiqeBranch(nn.Module):
     @classmethod
     def from_pretrained_clip(cls, config: LiqeConfig) -> LiqeBranch:
         """CLIP initialised from OpenAI's weights via open_clip (needs the hub; not the LIQE fine-tune)."""
+        import open_clip
+
         branch = cls(config)
         try:
             source = open_clip.create_model(config.open_clip_name, pretrained="openai")

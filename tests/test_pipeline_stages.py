@@ -13,8 +13,9 @@ import numpy as np
 import pyarrow as pa
 from corpus import folder_corpus
 
+from pipelines.readers import read_shards, shard_rows
 from pipelines.shards import list_shards
-from pipelines.stages import Prepare, PrepareAndScore, Score, read_shards, shard_rows
+from pipelines.stages import Prepare, PrepareAndScore, Score
 from pipelines.storage import Storage
 from piqa_model.bundle import UntrainedModelWarning, bundle_files, default_bundle_path, read_bundle_files
 

@@ -49,8 +49,9 @@ def ship(uri: str, tracking_uri: str, out: Path = SHIPPED_BUNDLE, cache: Path | 
         rest = "\n## ".join(["", *sections]).lstrip("\n")
         starter = dataclasses.replace(info, name="starter", description=DESCRIPTION, source=f"{uri} ({info.source})")
         provenance = (
-            "Trained with `make starter`: `configs/starter.yaml` (10 epochs from scratch), then "
-            f"`configs/starter-finetune.yaml` (the recipe below); registry source: {starter.source}.\n\n"
+            "Trained with `make starter`: `configs/starter.yaml` (10 epochs from scratch), "
+            "`configs/starter-finetune.yaml` (8 epochs, lower learning rate), then `configs/starter-stage3.yaml` "
+            f"(the recipe below: 12-image same-photo chunks); registry source: {starter.source}.\n\n"
         )
         card = f"# Model card: starter ({net.config.name})\n\n{PREFACE}{provenance}{rest}"
         path = save_bundle(net, out, starter, card)
