@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import math
 import multiprocessing
+import re
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -40,6 +41,7 @@ REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
 OUT_DIR = REPO / "bench" / "out"
 MEGAPIXELS = 12_000_000
+COPY_MARK = "--copy"  # a pipeline input named <stem>--copy<N><suffix> is a copy of photo <stem><suffix>
 FULL_RESOLUTION = 1_000_000
 """A detection preview size no photo reaches: MTCNN runs on the full-resolution image."""
 
@@ -93,7 +95,7 @@ class Settings:
         return ScoreConfig(
             input=str(source),
             output=str(output),
-            shard_size=10,
+            shard_size=16,
             overwrite=True,
             batch_size=self.batch_size,
             decode=self.decode,  # type: ignore[arg-type]
@@ -324,7 +326,7 @@ def read_scores(output: Path) -> dict[str, float]:
     scores = {}
     for path in sorted(output.glob("*.parquet")):
         for row in pq.read_table(path, columns=["key", "score"]).to_pylist():
-            scores[Path(row["key"]).name] = row["score"]
+            scores[re.sub(rf"{COPY_MARK}\d+(?=\.[^.]+$)", "", Path(row["key"]).name)] = row["score"]
     return scores
 
 

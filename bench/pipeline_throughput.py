@@ -6,7 +6,10 @@
 
 What each way does is described in `bench/harness.py`: the naive loop (the authors' script, generously), in-process
 runs of the pipeline's own steps (no Ray; the best one is the bound), and pipeline runs (`run_scoring` on a local
-Ray over a folder of the images, shards of 10).
+Ray over a folder of the images, shards of 16). A pipeline run pays ~5 s to start its actors (two processes
+importing torch at once on two cores), so pipeline runs read each photo of a small set several times under
+other names (`--copies`; by default enough copies for 192 images), as a job reads many photos; the naive
+and in-process runs read each photo once.
 
 Sets (`--sets`, comma-separated): `mixed`: 200 real portraits (the 102 London Set photos at 1350x1350 and 98
 Congress headshots at 225x275); `london`: London Set photos; `piq23`: the PIQ23 example photos (~2.4 MP);
@@ -32,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import platform
 import shutil
@@ -46,6 +50,7 @@ from typing import Any
 import ray
 import torch
 from harness import (
+    COPY_MARK,
     DATA,
     FULL_RESOLUTION,
     OUT_DIR,
@@ -66,6 +71,7 @@ from piqa_model import read_bundle
 from piqa_model.bundle import UntrainedModelWarning, default_bundle_path
 
 TARGETS = {"mixed_over_naive": 2.0, "mixed_over_bound": 0.8, "over_naive": 3.0}
+PIPELINE_IMAGES = 192  # a pipeline run's images at least: a run's fixed cost (~5 s) is a job's, not an image's
 
 # Before Ray or any client library starts: loopback only, no telemetry. The model cache stays inside bench/out.
 apply_local_hygiene()
@@ -76,6 +82,9 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sets", default="mixed,london,piq23,12mp", help="comma-separated: mixed,london,piq23,12mp")
     parser.add_argument("--images", type=int, help="images per ladder set (default 48; 12 for 12mp)")
+    parser.add_argument(
+        "--copies", type=int, help=f"pipeline runs: copies of each photo (default: enough for {PIPELINE_IMAGES} images)"
+    )
     parser.add_argument("--no-ladder", dest="ladder", action="store_false", help="skip the step-by-step runs")
     parser.add_argument("--bound-batch-sizes", default="1,4", help="in-process batch sizes for the bound")
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="the pipeline's (and bound's)")
@@ -133,16 +142,19 @@ def ladder(defaults: Settings, cpus: int) -> list[tuple[str, Settings]]:
 class SetRun:
     """Everything measured on one set of photos."""
 
-    def __init__(self, name: str, paths: list[Path], workdir: Path, bundle: Path) -> None:
-        self.name, self.paths, self.bundle = name, paths, bundle
+    def __init__(self, name: str, paths: list[Path], workdir: Path, bundle: Path, copies: int) -> None:
+        self.name, self.paths, self.bundle, self.copies = name, paths, bundle, copies
         self.workdir = workdir / name
-        self.inputs, self.one_input = self.workdir / "images", self.workdir / "one-image"
-        self.inputs.mkdir(parents=True)
-        self.one_input.mkdir()
+        self.photos = self.workdir / "photos"
+        self.inputs, self.one_input = self.workdir / "pipeline-input", self.workdir / "one-image"
+        for folder in (self.photos, self.inputs, self.one_input):
+            folder.mkdir(parents=True)
         for path in paths:
-            shutil.copy2(path, self.inputs / path.name)
+            shutil.copy2(path, self.photos / path.name)
+            for copy in range(copies):
+                shutil.copy2(path, self.inputs / f"{path.stem}{COPY_MARK}{copy}{path.suffix}")
         shutil.copy2(paths[0], self.one_input / paths[0].name)
-        self.blobs = [(p.name, (self.inputs / p.name).read_bytes()) for p in paths]
+        self.blobs = [(p.name, (self.photos / p.name).read_bytes()) for p in paths]
         self.in_process_runs: dict[Settings, LoopResult] = {}
         self.rows: list[dict[str, Any]] = []
 
@@ -177,10 +189,11 @@ def print_row(name: str, loop: LoopResult | None, pipeline: PipelineRates | None
 
 
 def measure_set(run: SetRun, args: argparse.Namespace, net, defaults: Settings, cpus: int) -> dict[str, Any]:
-    print(f"\n== {run.name}: {len(run.paths)} photos ({run.size_note()})", flush=True)
+    copies = f"; pipeline runs: each photo {run.copies} times" if run.copies > 1 else ""
+    print(f"\n== {run.name}: {len(run.paths)} photos ({run.size_note()}){copies}", flush=True)
     print(f"{'':34}{'in-process':>8}  {'ms/image: decode detect prepare predict':39} {'pipeline: run':>13} steady")
     config = net.config.replace(crop_mode=args.crop_mode)
-    naive = naive_loop([run.inputs / p.name for p in run.paths], net, config)
+    naive = naive_loop([run.photos / p.name for p in run.paths], net, config)
     print_row("naive loop", naive, None)
     document: dict[str, Any] = {"set": run.name, "photos": run.size_note(), "naive": naive.to_dict(), "ladder": []}
     if args.ladder:
@@ -209,8 +222,8 @@ def measure_set(run: SetRun, args: argparse.Namespace, net, defaults: Settings, 
     )
     diff = max_abs_diff(pipeline.scores, run.in_process(defaults, net).scores)
     print(f"same work: max |pipeline - in-process| score {diff:.1e} (same settings)")
-    if pipeline.counts.get("ok", 0) != len(run.paths):
-        raise SystemExit(f"{run.name}: expected {len(run.paths)} ok rows, got {pipeline.counts}")
+    if pipeline.counts.get("ok", 0) != len(run.paths) * run.copies:
+        raise SystemExit(f"{run.name}: expected {len(run.paths) * run.copies} ok rows, got {pipeline.counts}")
     return document | {
         "bound": bound.to_dict(),
         "pipeline": pipeline.to_dict(),
@@ -241,7 +254,8 @@ def main() -> None:
     try:
         for name in args.sets:
             paths = photos(name, args.images)
-            run = SetRun(name, paths, workdir, bundle)
+            copies = args.copies or math.ceil(PIPELINE_IMAGES / len(paths))
+            run = SetRun(name, paths, workdir, bundle, copies)
             args_for_set = argparse.Namespace(**{**vars(args), "ladder": args.ladder and name != "mixed"})
             results.append(measure_set(run, args_for_set, net, defaults, cpus))
         cluster = ray.cluster_resources()

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pipelines.config import ScoreConfig
 
 READ_TASK_CPUS = 0.25
-BLOCK_ROWS = 16  # images per block between steps: Ray's per-block cost is paid once per this many images
+BLOCK_ROWS = 8  # images per block between steps: a few ms of Ray per block; small enough to balance actors at the end
 GPU_BATCH = 32
 
 

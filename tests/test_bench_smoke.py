@@ -19,10 +19,12 @@ def run_script(repo_root, *args: str) -> None:
 def test_pipeline_throughput_script_measures_every_way(repo_root, tmp_path):
     out = tmp_path / "throughput.json"
     run_script(
-        repo_root, "bench/pipeline_throughput.py", "--sets", "london", "--images", "2", "--no-ladder", "--out", str(out)
+        repo_root,
+        "bench/pipeline_throughput.py",
+        *("--sets", "london", "--images", "2", "--copies", "2", "--no-ladder", "--out", str(out)),
     )
     [result] = json.loads(out.read_text())["sets"]
-    assert result["naive"]["images"] == 2 and result["pipeline"]["counts"] == {"ok": 2}
+    assert result["naive"]["images"] == 2 and result["pipeline"]["counts"] == {"ok": 4}
     assert result["bound"]["images_per_second"] > 0
     assert result["pipeline_vs_in_process_max_abs_score_diff"] < 1e-4  # the pipeline does the in-process work
 
