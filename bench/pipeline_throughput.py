@@ -24,8 +24,8 @@ time from calling `run_scoring` to its return, Ray already up) and with the run'
 the images after the first over the time a run over one image does not explain; what a long job approaches).
 
 The ladder, cumulative: plain (full decode, MTCNN at full resolution, fp32, batch 1, one actor using every core)
--> detection on a 640-px preview -> draft (DCT-scaled) decoding -> one single-threaded actor per core (these
-three are the defaults) -> `--precision bf16` -> `--batch-size 4` (both optional flags). The model is the default
+-> detection on a 640-px preview -> draft (DCT-scaled) decoding -> one single-threaded actor per core -> batches
+of 4 (these four are the defaults) -> `--precision bf16` (an optional flag). The model is the default
 bundle. Targets: pipeline >= 2x the naive loop and >= 0.8x the bound on `mixed` (issue 3), >= 3x the naive loop
 (issue 7). Prints tables and writes `--out` (JSON).
 """
@@ -66,6 +66,7 @@ from harness import (
 )
 from PIL import Image
 
+from pipelines.layout import CPU_BATCH
 from pipelines.runtime import apply_local_hygiene, ensure_ray
 from piqa_model import read_bundle
 from piqa_model.bundle import UntrainedModelWarning, default_bundle_path
@@ -88,7 +89,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--no-ladder", dest="ladder", action="store_false", help="skip the step-by-step runs")
     parser.add_argument("--bound-batch-sizes", default="1,4", help="in-process batch sizes for the bound")
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="the pipeline's (and bound's)")
-    parser.add_argument("--batch-size", type=int, default=1, help="the pipeline's (and bound's) batch size")
+    parser.add_argument(
+        "--batch-size", type=int, default=CPU_BATCH, help=f"the pipeline's batch size (default {CPU_BATCH})"
+    )
     parser.add_argument("--min-face-size", type=int, default=20)
     parser.add_argument("--crop-mode", choices=("five", "center"), default="five")
     parser.add_argument("--workdir", default=None, help="where the temporary input/output folders go")
@@ -128,14 +131,14 @@ def ladder(defaults: Settings, cpus: int) -> list[tuple[str, Settings]]:
     preview = replace(plain, detect_size=defaults.detect_size)
     draft = replace(preview, decode="draft")
     per_core = replace(draft, processes=cpus)
-    bf16 = replace(per_core, precision="bf16")
+    batched = replace(per_core, batch_size=CPU_BATCH)
     return [
         ("plain", plain),
         ("+ detect on a 640-px preview", preview),
         ("+ draft decode", draft),
         ("+ one 1-thread actor per core", per_core),
-        ("+ bf16 (--precision bf16)", bf16),
-        ("+ batch 4 (--batch-size 4)", replace(bf16, batch_size=4)),
+        (f"+ batch {CPU_BATCH} (default)", batched),
+        ("+ bf16 (--precision bf16)", replace(batched, precision="bf16")),
     ]
 
 

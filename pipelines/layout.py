@@ -25,6 +25,7 @@ from pipelines.config import ScoreConfig
 READ_TASK_CPUS = 0.25
 BLOCK_ROWS = 8  # images per block between steps: a few ms of Ray per block; small enough to balance actors at the end
 GPU_BATCH = 32
+CPU_BATCH = 4  # one-thread actors: 1.1x the images/s of batch 1 (bench/pipeline_throughput.py)
 
 
 @dataclass(frozen=True)
@@ -52,7 +53,7 @@ def plan_layout(config: ScoreConfig, total_cpus: float, total_gpus: float, node_
         gpus = 1.0 if total_gpus > 0 else 0.0
     if gpus > 0:
         return _gpu_layout(config, gpus, total_cpus, total_gpus)
-    batch_size = config.batch_size or 1
+    batch_size = config.batch_size or CPU_BATCH
     cpus = config.cpus_per_actor or max(READ_TASK_CPUS, (node_cpus - READ_TASK_CPUS) / max(1.0, node_cpus))
     slots = _fits(total_cpus - READ_TASK_CPUS, cpus)
     pool = Pool(_sizes(config.score_actors, slots), cpus, _threads(cpus))

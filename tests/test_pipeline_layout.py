@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from pipelines.config import ScoreConfig
-from pipelines.layout import BLOCK_ROWS, GPU_BATCH, READ_TASK_CPUS, plan_layout
+from pipelines.layout import BLOCK_ROWS, CPU_BATCH, GPU_BATCH, READ_TASK_CPUS, plan_layout
 
 
 def config(**options) -> ScoreConfig:
@@ -19,7 +19,7 @@ def test_cpu_cluster_gets_one_single_threaded_actor_per_core_leaving_room_for_re
     assert layout.score.size == (cpus, cpus)
     assert layout.score.threads == 1 and layout.score.gpus == 0
     assert cpus * layout.score.cpus + READ_TASK_CPUS <= cpus + 1e-9
-    assert layout.batch_size == 1 and layout.block_rows == BLOCK_ROWS
+    assert layout.batch_size == CPU_BATCH and layout.block_rows == BLOCK_ROWS
 
 
 def test_cpu_cluster_of_several_nodes_counts_every_core():
