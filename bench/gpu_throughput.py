@@ -15,8 +15,10 @@ Random weights (speed only), bf16 autocast, five-crop then centre-crop. For each
    (CUDA events around each batch's copy and forward), the share the scoring loop waited for a batch, and the mean
    GPU utilisation that NVML reports (when nvidia-ml-py is installed).
 
-Photos: `--photos` ~2.4 MP JPEGs (1800x1350, quality 90) cut from the repository's sample portraits (randomly
-cropped, flipped and rescaled, so every one decodes and detects afresh), cycled for `--seconds` per measurement.
+Also printed first: the prepare step's CPU cost per photo on one core (decode, detection, crops and LIQE patches),
+which says how many CPU cores one GPU needs. Photos: `--photos` ~2.4 MP JPEGs (1800x1350, quality 90) cut from the
+repository's sample portraits (randomly cropped, flipped and rescaled, so every one decodes and detects afresh),
+cycled for `--seconds` per measurement.
 Targets (issue 7, one H100): >= 150 images/s five-crop, >= 600 centre-crop, GPU busy >= 85 % of the time.
 """
 
@@ -235,7 +237,11 @@ def main() -> None:
     photos = make_photos(args.photos)
     name = torch.cuda.get_device_name(0) if device.type == "cuda" else platform.processor() or "cpu"
     print(f"{name}; preset {args.preset}; batch {args.batch_size}; {args.precision}; {args.workers} prepare workers")
-    results: dict[str, Any] = {}
+    threads = torch.get_num_threads()
+    costs = prepare_costs(base, photos[:8])
+    torch.set_num_threads(threads)
+    print(f"prepare, CPU ms per photo on one core: {costs} (total {sum(costs.values()):.0f})", flush=True)
+    results: dict[str, Any] = {"prepare_ms_per_photo": costs}
     for crop_mode in ("five", "center"):
         config = base.replace(crop_mode=crop_mode)
         net = DualBranchNet(config).eval().to(device)
@@ -273,6 +279,26 @@ def main() -> None:
     }
     args.out.write_text(json.dumps(document, indent=2) + "\n")
     print(f"wrote {args.out}")
+
+
+def prepare_costs(config, photos: list[bytes]) -> dict[str, float]:
+    """CPU ms per photo of each prepare stage on one core (process time): how many cores one GPU needs."""
+    torch.set_num_threads(1)
+    detector = FaceDetector()
+    _prepared(photos[0], config)  # warm-up
+    totals = {"decode": 0.0, "detect": 0.0, "crops_and_patches": 0.0}
+    for data in photos:
+        t0 = time.process_time()
+        preview = open_preview(data, config, detector.detect_size)
+        t1 = time.process_time()
+        [detection] = detector.detect([preview.image])
+        t2 = time.process_time()
+        finished = preview.finish(detection)
+        prepare(finished.image, finished.detection, config, finished.original_size)
+        t3 = time.process_time()
+        for name, seconds in zip(totals, ((t1 - t0), (t2 - t1), (t3 - t2)), strict=True):
+            totals[name] += seconds
+    return {name: round(1000 * seconds / len(photos), 1) for name, seconds in totals.items()}
 
 
 def _prepared(data: bytes, config) -> PreparedImage:

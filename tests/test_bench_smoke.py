@@ -38,6 +38,7 @@ def test_gpu_throughput_script_runs_on_a_cpu(repo_root, tmp_path):
         *("--batch-size", "1", "--workers", "1", "--out", str(out)),
     )
     results = json.loads(out.read_text())["results"]
+    assert all(ms > 0 for ms in results["prepare_ms_per_photo"].values())
     for mode in ("five", "center"):
         assert results[mode]["fed"]["images_per_second"] > 0
         assert 0 < results[mode]["fed"]["busy_share"] <= 1.01
