@@ -5,9 +5,9 @@
 #
 #   bash bench/gpu.sh                      # extra arguments go to bench/gpu_throughput.py
 #
-# A machine with torch but without this project's other dependencies (the lent device machines) needs them
-# carried as wheels in .whl/ (see /work/.library/device/README.md; here: open_clip_torch, ftfy, wcwidth,
-# facenet-pytorch); they are installed to /tmp/site first.
+# A machine with torch but without this project's other dependencies needs them as wheels in .whl/ (made with
+# `pip download --no-deps` for its Python: open_clip_torch, ftfy, wcwidth, facenet-pytorch); they are installed
+# to /tmp/site first.
 set -euo pipefail
 PYTHON=${PYTHON:-python3}
 if compgen -G ".whl/*.whl" >/dev/null; then
