@@ -29,6 +29,7 @@ import torch
 from PIL import Image
 
 from pipelines.config import ScoreConfig
+from pipelines.layout import READ_TASK_CPUS
 from pipelines.score import run_scoring
 from piqa_model import DualBranchNet, FaceDetector, ModelConfig, predict, prepare, read_bundle
 from piqa_model.crops import crop_views
@@ -91,7 +92,7 @@ class Settings:
         """The pipeline's configuration for these settings; `processes` N maps to N one-thread actors."""
         cpus_per_actor = None
         if self.processes == 0:
-            cpus_per_actor = node_cpus - 0.25
+            cpus_per_actor = node_cpus - READ_TASK_CPUS
         return ScoreConfig(
             input=str(source),
             output=str(output),
