@@ -41,7 +41,7 @@ import torch.multiprocessing as mp
 from PIL import Image, ImageOps
 
 from piqa_model import DualBranchNet, FaceDetector, PreparedImage, predict, prepare, preset
-from piqa_model.decode import open_preview
+from piqa_model.decode import decode_for_model, open_preview
 
 REPO = Path(__file__).resolve().parents[1]
 TARGETS = {"five": 150.0, "center": 600.0, "busy": 0.85}
@@ -245,7 +245,8 @@ def main() -> None:
     for crop_mode in ("five", "center"):
         config = base.replace(crop_mode=crop_mode)
         net = DualBranchNet(config).eval().to(device)
-        sample = stack([_prepared(photos[i], config) for i in range(args.batch_size)])
+        detector = FaceDetector()
+        sample = stack([_prepared(photos[i], config, detector) for i in range(args.batch_size)])
         ceiling = model_only(net, sample, args)
         print(f"{crop_mode}-crop, model only: {ceiling['images_per_second']:.1f} images/s", flush=True)
         measured = fed(net, config, photos, args)
@@ -285,7 +286,7 @@ def prepare_costs(config, photos: list[bytes]) -> dict[str, float]:
     """CPU ms per photo of each prepare stage on one core (process time): how many cores one GPU needs."""
     torch.set_num_threads(1)
     detector = FaceDetector()
-    _prepared(photos[0], config)  # warm-up
+    _prepared(photos[0], config, detector)  # warm-up
     totals = {"decode": 0.0, "detect": 0.0, "crops_and_patches": 0.0}
     for data in photos:
         t0 = time.process_time()
@@ -301,12 +302,9 @@ def prepare_costs(config, photos: list[bytes]) -> dict[str, float]:
     return {name: round(1000 * seconds / len(photos), 1) for name, seconds in totals.items()}
 
 
-def _prepared(data: bytes, config) -> PreparedImage:
-    detector = FaceDetector()
-    preview = open_preview(data, config, detector.detect_size)
-    [detection] = detector.detect([preview.image])
-    finished = preview.finish(detection)
-    return prepare(finished.image, finished.detection, config, finished.original_size)
+def _prepared(data: bytes, config, detector: FaceDetector) -> PreparedImage:
+    image = decode_for_model(data, config, detector)
+    return prepare(image.image, image.detection, config, image.original_size)
 
 
 if __name__ == "__main__":

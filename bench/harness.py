@@ -234,11 +234,10 @@ def naive_loop(paths: list[Path], net: DualBranchNet, config: ModelConfig) -> Lo
 
 
 def _steps(
-    blobs: list[tuple[str, bytes]], net: DualBranchNet, settings: Settings, stages: StageTimes
+    blobs: list[tuple[str, bytes]], net: DualBranchNet, settings: Settings, detector: FaceDetector, stages: StageTimes
 ) -> dict[str, float]:
     """The pipeline's steps over `blobs` in batches of `settings.batch_size`; adds to `stages`."""
     config = net.config.replace(crop_mode=settings.crop_mode)
-    detector = FaceDetector(settings.detect_size, settings.min_face_size)
     scores = {}
     for start in range(0, len(blobs), settings.batch_size):
         chunk = blobs[start : start + settings.batch_size]
@@ -258,33 +257,33 @@ def _steps(
     return scores
 
 
-def _one_process(
-    blobs: list[tuple[str, bytes]], net: DualBranchNet, settings: Settings
+def _timed_steps(
+    blobs: list[tuple[str, bytes]], net: DualBranchNet, settings: Settings, ready: Any = None, go: Any = None
 ) -> tuple[float, float, StageTimes, dict[str, float]]:
-    _steps(blobs[: settings.batch_size], net, settings, StageTimes())  # warm-up, not timed
+    """Warm up on one batch, then (after `ready.put` and `go.wait`, when given) time the steps over `blobs`:
+    (start, end, stage times, scores)."""
+    detector = FaceDetector(settings.detect_size, settings.min_face_size)
+    _steps(blobs[: settings.batch_size], net, settings, detector, StageTimes())
+    if ready is not None:
+        ready.put(True)
+        go.wait()
     stages = StageTimes()
     started = time.perf_counter()
-    scores = _steps(blobs, net, settings, stages)
+    scores = _steps(blobs, net, settings, detector, stages)
     return started, time.perf_counter(), stages, scores
 
 
 def _worker(bundle: str, blobs: list, settings: Settings, ready: Any, go: Any, results: Any) -> None:
     torch.set_num_threads(1)
     net, _, _ = read_bundle(bundle)
-    _steps(blobs[: settings.batch_size], net, settings, StageTimes())  # warm-up, not timed
-    ready.put(True)
-    go.wait()
-    stages = StageTimes()
-    started = time.perf_counter()
-    scores = _steps(blobs, net, settings, stages)
-    results.put((started, time.perf_counter(), stages, scores))
+    results.put(_timed_steps(blobs, net, settings, ready, go))
 
 
 def in_process(blobs: list[tuple[str, bytes]], bundle: Path, net: DualBranchNet, settings: Settings) -> LoopResult:
     """The pipeline's steps with `settings`, without Ray (see the module docstring)."""
     name = f"in-process: {settings.label()}"
     if settings.processes == 0:
-        started, ended, stages, scores = _one_process(blobs, net, settings)
+        started, ended, stages, scores = _timed_steps(blobs, net, settings)
         return LoopResult(name, len(blobs), ended - started, settings, stages, scores)
     context = multiprocessing.get_context("spawn")
     ready, results, go = context.Queue(), context.Queue(), context.Event()

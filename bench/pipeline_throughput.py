@@ -191,20 +191,22 @@ def print_row(name: str, loop: LoopResult | None, pipeline: PipelineRates | None
     print(cells, flush=True)
 
 
-def measure_set(run: SetRun, args: argparse.Namespace, net, defaults: Settings, cpus: int) -> dict[str, Any]:
+def measure_set(
+    run: SetRun, net, defaults: Settings, cpus: int, ladder_steps: bool, bound_batch_sizes: list[int]
+) -> dict[str, Any]:
     copies = f"; pipeline runs: each photo {run.copies} times" if run.copies > 1 else ""
     print(f"\n== {run.name}: {len(run.paths)} photos ({run.size_note()}){copies}", flush=True)
     print(f"{'':34}{'in-process':>8}  {'ms/image: decode detect prepare predict':39} {'pipeline: run':>13} steady")
-    config = net.config.replace(crop_mode=args.crop_mode)
+    config = net.config.replace(crop_mode=defaults.crop_mode)
     naive = naive_loop([run.photos / p.name for p in run.paths], net, config)
     print_row("naive loop", naive, None)
     document: dict[str, Any] = {"set": run.name, "photos": run.size_note(), "naive": naive.to_dict(), "ladder": []}
-    if args.ladder:
+    if ladder_steps:
         for name, settings in ladder(defaults, cpus):
             loop, pipeline = run.in_process(settings, net), run.pipeline(name, settings)
             print_row(name, loop, pipeline)
             document["ladder"].append({"step": name, "in_process": loop.to_dict(), "pipeline": pipeline.to_dict()})
-    candidates = [replace(defaults, batch_size=b, processes=p) for b in args.bound_batch_sizes for p in (0, cpus)]
+    candidates = [replace(defaults, batch_size=b, processes=p) for b in bound_batch_sizes for p in (0, cpus)]
     bound = max((run.in_process(s, net) for s in candidates), key=lambda r: r.images_per_second)
     print_row(f"bound: batch {bound.settings.batch_size}, {bound.settings.processes or 1} proc", bound, None)
     pipeline = run.pipeline("pipeline", defaults)
@@ -242,9 +244,12 @@ def main() -> None:
     net, info, bundle_id = read_bundle(bundle)
     cpus = os.cpu_count() or 1
     defaults = Settings(
-        precision=args.precision, batch_size=args.batch_size, min_face_size=args.min_face_size, processes=cpus
+        precision=args.precision,
+        batch_size=args.batch_size,
+        min_face_size=args.min_face_size,
+        crop_mode=args.crop_mode,
+        processes=cpus,
     )
-    defaults = replace(defaults, crop_mode=args.crop_mode)
     print(f"model {bundle_id} ({net.config.name}, {'trained' if info.trained else 'untrained'}); {cpus} CPUs; ")
     print(f"pipeline settings: {defaults.label()}, crop mode {args.crop_mode}", flush=True)
     started = time.perf_counter()
@@ -259,8 +264,8 @@ def main() -> None:
             paths = photos(name, args.images)
             copies = args.copies or math.ceil(PIPELINE_IMAGES / len(paths))
             run = SetRun(name, paths, workdir, bundle, copies)
-            args_for_set = argparse.Namespace(**{**vars(args), "ladder": args.ladder and name != "mixed"})
-            results.append(measure_set(run, args_for_set, net, defaults, cpus))
+            ladder_steps = args.ladder and name != "mixed"  # mixed: issue 3's headline set, no ladder
+            results.append(measure_set(run, net, defaults, cpus, ladder_steps, args.bound_batch_sizes))
         cluster = ray.cluster_resources()
     finally:
         ray.shutdown()
