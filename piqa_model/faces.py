@@ -1,4 +1,4 @@
-"""Face detection (facenet-pytorch MTCNN, weights shipped inside the package) and the face-crop policy.
+"""Face detection (MTCNN with facenet-pytorch's weights, `piqa_model.mtcnn`) and the face-crop policy.
 
 Detection runs on a downscaled preview (faces in portraits are large, and MTCNN's cost grows with the
 pixel count); boxes are mapped back to full-resolution pixels. DN-PIQA's face branch reads the most
@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from PIL import Image
+
+from piqa_model.mtcnn import Mtcnn
 
 DEFAULT_DETECT_SIZE = 640
 """Longest side of the preview that MTCNN sees."""
@@ -64,11 +66,9 @@ class FaceDetector:
         min_face_size: int = DEFAULT_MIN_FACE_SIZE,
         device: str | torch.device = "cpu",
     ) -> None:
-        from facenet_pytorch import MTCNN
-
         self.detect_size = detect_size
         self.min_face_size = min_face_size
-        self.mtcnn = MTCNN(keep_all=True, min_face_size=min_face_size, device=torch.device(device))
+        self.mtcnn = Mtcnn(min_face_size).to(torch.device(device))
 
     def _preview(self, image: Image.Image) -> tuple[Image.Image, float]:
         scale = min(1.0, self.detect_size / max(image.size))
@@ -88,17 +88,14 @@ class FaceDetector:
         results: list[FaceDetection] = [FaceDetection.none()] * len(images)
         for indices in by_size.values():
             batch = np.stack([np.asarray(previews[i][0]) for i in indices])
-            boxes, probs = self.mtcnn.detect(batch)
-            for i, image_boxes, image_probs in zip(indices, boxes, probs, strict=True):
+            for i, (image_boxes, image_probs) in zip(indices, self.mtcnn.detect(batch), strict=True):
                 results[i] = _most_confident(image_boxes, image_probs, previews[i][1])
         return results
 
 
-def _most_confident(boxes: np.ndarray | None, probs: np.ndarray | None, scale: float) -> FaceDetection:
-    if boxes is None or probs is None or len(boxes) == 0:
+def _most_confident(boxes: np.ndarray, probs: np.ndarray, scale: float) -> FaceDetection:
+    if len(boxes) == 0:
         return FaceDetection.none()
-    probs = np.asarray(probs, dtype=np.float64).reshape(-1)
-    boxes = np.asarray(list(boxes), dtype=np.float64).reshape(-1, 4)
     best = int(np.argmax(probs))
     box = tuple(float(v) / scale for v in boxes[best])
     return FaceDetection(len(boxes), box, float(probs[best]))  # type: ignore[arg-type]
