@@ -5,8 +5,9 @@
 
 Three ways of getting from JPEG bytes to a face box and an image to cut the model's crops from:
 
-- (a) the authors' way: full decode, MTCNN on the full-resolution image;
-- (b) full decode, MTCNN on a preview downscaled to `--detect-size` (the pipeline's `--decode full`);
+- (a) the authors' way: full decode, facenet-pytorch's own MTCNN on the full-resolution image;
+- (b) full decode, our MTCNN (`piqa_model.mtcnn`) on a preview downscaled to `--detect-size` (the pipeline's
+  `--decode full`);
 - (c) `piqa_model.decode`: a DCT-scaled preview decode for MTCNN, then a second decode at the coarsest scale that
   keeps the whole image and the face region at least `resize` px on their short sides (`--decode draft`).
 
@@ -42,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from facenet_pytorch import MTCNN
 from harness import DATA, OUT_DIR, spread, upscaled
 from PIL import Image
 
@@ -124,11 +126,11 @@ def measure(name: str, paths: list[Path], args: argparse.Namespace, net: DualBra
     preview_detector = FaceDetector(args.detect_size)
     blobs = [path.read_bytes() for path in paths]
     sizes = Counter(f"{w}x{h}" for w, h in (Image.open(io.BytesIO(b)).size for b in blobs))
-    full_res_detector = FaceDetector(detect_size=max(max(Image.open(io.BytesIO(b)).size) for b in blobs))
+    stock_mtcnn = MTCNN(keep_all=True)
 
     def way_a(data: bytes) -> None:
         image = open_image(data)
-        full_res_detector.detect([image])
+        stock_mtcnn.detect(image)
 
     def way_b(data: bytes) -> ModelImage:
         image = open_image(data)

@@ -42,3 +42,13 @@ def test_gpu_throughput_script_runs_on_a_cpu(repo_root, tmp_path):
     for mode in ("five", "center"):
         assert results[mode]["fed"]["images_per_second"] > 0
         assert 0 < results[mode]["fed"]["busy_share"] <= 1.01
+
+
+def test_face_detector_script_compares_both_detectors(repo_root, tmp_path):
+    out = tmp_path / "faces.json"
+    run_script(repo_root, "bench/face_detector.py", *("--images", "1", "--repeats", "1", "--out", str(out)))
+    results = json.loads(out.read_text())
+    assert len(results) == 4
+    for result in results.values():
+        assert result["facenet_ms"] > 0 and result["ours_ms"] > 0
+        assert result["face_count_mismatches"] == 0 and result["max_box_diff_px"] < 0.01
