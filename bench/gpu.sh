@@ -4,6 +4,7 @@
 # ${OUT:-bench/out}/gpu_throughput.json and prints images/s, GPU busy share and time waiting for input.
 #
 #   bash bench/gpu.sh                      # extra arguments go to bench/gpu_throughput.py
+#   bash bench/gpu.sh --compile --seconds 30   # torch.compile as well (compiles take minutes: shorter runs)
 #
 # A machine with torch but without this project's other dependencies needs them as wheels in .whl/ (made with
 # `pip download --no-deps` for its Python: open_clip_torch, ftfy, wcwidth, facenet-pytorch); they are installed

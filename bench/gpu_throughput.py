@@ -4,7 +4,8 @@
     .venv/bin/python bench/gpu_throughput.py --device cpu --preset small --seconds 5 --photos 8 --batch-size 2
                                                                        # does the script work? (CPU, a minute)
 
-Random weights (speed only), bf16 autocast, five-crop then centre-crop. For each crop mode:
+Random weights (speed only), bf16 autocast, five-crop then centre-crop (`--compile`: torch.compile too). For each
+crop mode:
 
 1. model only: batches of prepared uint8 inputs already in pinned host memory, copied to the GPU and scored, back
    to back: the GPU's ceiling for the preset.
@@ -56,6 +57,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--photos", type=int, default=96, help="distinct photos to cycle through")
     parser.add_argument("--seconds", type=float, default=60.0, help="length of each measurement")
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="bf16")
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="also torch.compile the model (the pipeline's --compile): ceiling again, then fed",
+    )
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "out" / "gpu_throughput.json")
     return parser.parse_args()
 
@@ -249,6 +255,16 @@ def main() -> None:
         sample = stack([_prepared(photos[i], config, detector) for i in range(args.batch_size)])
         ceiling = model_only(net, sample, args)
         print(f"{crop_mode}-crop, model only: {ceiling['images_per_second']:.1f} images/s", flush=True)
+        if args.compile:
+            net.compile_backbones()
+            started = time.perf_counter()
+            score(net, sample, args.precision)
+            ceiling = model_only(net, sample, args) | {"compile_seconds": time.perf_counter() - started}
+            print(
+                f"{crop_mode}-crop, model only, compiled: {ceiling['images_per_second']:.1f} images/s "
+                f"(compile {ceiling['compile_seconds']:.0f} s)",
+                flush=True,
+            )
         measured = fed(net, config, photos, args)
         nvml = measured["nvml_utilisation"]
         print(

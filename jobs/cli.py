@@ -63,6 +63,11 @@ def add_score_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--precision", choices=("fp32", "bf16"), default="fp32", help="bf16: autocast (GPU, AVX512-BF16)"
     )
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the model in each scoring actor: faster on long GPU jobs, a compile per batch shape",
+    )
     parser.add_argument("--max-pixels", type=int, default=100_000_000, help="larger images become too_large rows")
     parser.add_argument(
         "--decode",
@@ -92,6 +97,7 @@ def score_config_from_args(args: argparse.Namespace):
         detect_size=args.detect_size,
         min_face_size=args.min_face_size,
         precision=args.precision,
+        compile=args.compile,
         crop_mode=args.crop_mode,
         max_pixels=args.max_pixels,
         decode=args.decode,

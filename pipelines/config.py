@@ -27,6 +27,7 @@ class ScoreConfig:
     detect_size: int = 640
     min_face_size: int = 20  # in detection-preview pixels
     precision: Literal["fp32", "bf16"] = "fp32"
+    compile: bool = False  # torch.compile the model in each scoring actor (GPU jobs; a compile per batch shape)
     crop_mode: Literal["five", "center"] = "five"
     max_pixels: int = DEFAULT_MAX_PIXELS
     decode: Literal["full", "draft"] = "draft"  # draft: JPEGs decoded only as finely as the model needs

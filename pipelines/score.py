@@ -133,7 +133,7 @@ def _build_dataset(
         decode=config.decode,
     )
     score, prepare = layout.score, layout.prepare
-    score_args = dict(bundle_files=files, precision=config.precision, threads=score.threads)
+    score_args = dict(bundle_files=files, precision=config.precision, threads=score.threads, compile=config.compile)
     options = dict(batch_size=layout.batch_size, batch_format="numpy")
     if prepare is None:
         return ds.map_batches(

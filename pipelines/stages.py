@@ -99,7 +99,12 @@ class Score:
     """Actor: the network (weights shipped from the driver) scores the prepared rows of a batch."""
 
     def __init__(
-        self, bundle_files: dict[str, bytes], precision: str = "fp32", threads: int = 1, device: str = "auto"
+        self,
+        bundle_files: dict[str, bytes],
+        precision: str = "fp32",
+        threads: int = 1,
+        device: str = "auto",
+        compile: bool = False,
     ) -> None:
         torch.set_num_threads(threads)
         self.precision = precision
@@ -107,6 +112,8 @@ class Score:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.net, _, self.bundle_id = read_bundle_files(bundle_files)
         self.net.to(device)
+        if compile:
+            self.net.compile_backbones()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         metas = [json.loads(m) for m in batch["meta"]]

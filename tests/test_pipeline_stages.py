@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import json
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
-from corpus import folder_corpus
+import pytest
+from corpus import Corpus, folder_corpus
 
 from pipelines.readers import read_shards, shard_rows
 from pipelines.shards import list_shards
@@ -22,8 +24,18 @@ from piqa_model.bundle import UntrainedModelWarning, bundle_files, default_bundl
 warnings.filterwarnings("ignore", category=UntrainedModelWarning)
 
 
-def test_prepare_then_score_equals_the_fused_actor(shared_dir, tmp_path):
-    corpus = folder_corpus(shared_dir, tmp_path / "in", count=2)
+@dataclass
+class Stages:
+    corpus: Corpus
+    files: dict[str, bytes]
+    prepare_args: dict
+    batch: dict[str, np.ndarray]  # read_shards' rows
+    prepared: dict[str, np.ndarray]  # Prepare's output
+
+
+@pytest.fixture(scope="module")
+def stages(shared_dir, tmp_path_factory) -> Stages:
+    corpus = folder_corpus(shared_dir, tmp_path_factory.mktemp("stages") / "in", count=2)
     storage = Storage()
     shard_table = pa.Table.from_pylist(shard_rows(list_shards(str(corpus.root), storage, shard_size=100)))
     shard_batch = {name: shard_table.column(name).to_numpy(zero_copy_only=False) for name in shard_table.column_names}
@@ -38,12 +50,35 @@ def test_prepare_then_score_equals_the_fused_actor(shared_dir, tmp_path):
     prepared = Prepare(**prepare_args)(batch)
     crop = net.config.crop
     assert prepared["overall"].shape == (len(corpus.expected), 1, 3, crop, crop)
-    split = Score(files, device="cpu")(prepared)
-    fused = PrepareAndScore(prepare=prepare_args, score=dict(bundle_files=files))(batch)
+    return Stages(corpus, files, prepare_args, batch, prepared)
 
-    assert list(split["key"]) == list(fused["key"]) == list(batch["key"])
-    for split_meta, fused_meta, key in zip(split["meta"], fused["meta"], split["key"], strict=True):
-        a, b = json.loads(split_meta), json.loads(fused_meta)
-        assert a["status"] == b["status"] == corpus.expected[key]
+
+def assert_same_rows(a_rows: dict[str, np.ndarray], b_rows: dict[str, np.ndarray], stages: Stages) -> None:
+    assert list(a_rows["key"]) == list(b_rows["key"]) == list(stages.batch["key"])
+    for a_meta, b_meta, key in zip(a_rows["meta"], b_rows["meta"], a_rows["key"], strict=True):
+        a, b = json.loads(a_meta), json.loads(b_meta)
+        assert a["status"] == b["status"] == stages.corpus.expected[key]
         if a["status"] == "ok":
-            assert np.isclose(a["score"], b["score"], atol=1e-6) and a["face_box"] == b["face_box"]
+            assert np.isclose(a["score"], b["score"], atol=1e-5) and a["face_box"] == b["face_box"]
+
+
+def test_prepare_then_score_equals_the_fused_actor(stages):
+    split = Score(stages.files, device="cpu")(stages.prepared)
+    fused = PrepareAndScore(prepare=stages.prepare_args, score=dict(bundle_files=stages.files))(stages.batch)
+    assert_same_rows(split, fused, stages)
+
+
+def test_compiled_scoring_actor_gives_the_eager_scores(stages):
+    eager = Score(stages.files, device="cpu")
+    compiled = Score(stages.files, device="cpu", compile=True)
+    assert list(compiled.net.state_dict()) == list(eager.net.state_dict())  # bundles still save and load
+    assert_same_rows(compiled(stages.prepared), eager(stages.prepared), stages)
+
+
+def test_cli_speed_flags_reach_the_config():
+    from jobs.cli import build_parser, score_config_from_args
+
+    default = score_config_from_args(build_parser().parse_args(["score", "in", "--out", "out"]))
+    assert (default.compile, default.precision) == (False, "fp32")
+    flagged = build_parser().parse_args(["score", "in", "--out", "out", "--compile", "--precision", "bf16"])
+    assert (score_config_from_args(flagged).compile, score_config_from_args(flagged).precision) == (True, "bf16")
