@@ -3,11 +3,11 @@
 The networks and weights are facenet-pytorch's (`PNet`, `RNet`, `ONet`, weights shipped in that package); the
 arithmetic is the cascade facenet-pytorch runs (the same pyramid scales, "area" resampling from the full image,
 crops clipped to the image, thresholds 0.6 / 0.7 / 0.7 and NMS overlaps 0.5 / 0.7 / 0.7 "min"), so the boxes
-agree with its `MTCNN.detect` (tests/test_model_faces.py). What differs is where the time went: the image is
-made contiguous once (resampling a channels-last view of it was twice as slow; the pyramid was a third of the
-detector's time), and PNet runs in channels-last memory, where its max-pool is four times faster. About 2x
-less CPU time per 640-px preview (`bench/decode_detect.py`).
-"""
+agree with its `MTCNN.detect` (tests/test_model_mtcnn.py). What differs is where the time went: the image is
+made contiguous once (resampling a channels-last view of it, as facenet-pytorch does, was twice as slow, and the
+pyramid was a third of the detector's time), PNet's 2x2 max-pool is two maxima of strided views (torch's
+kernel was 40 % of PNet), and RNet and ONet run in channels-last memory (4x faster on CPU). 1.4-1.8x less CPU
+time per image on the pipeline's previews (`bench/face_detector.py`)."""
 
 from __future__ import annotations
 
