@@ -41,7 +41,7 @@ def add_score_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image-column", default="jpg", help="image-bytes column of Parquet inputs")
     parser.add_argument("--key-column", default="key", help="key column of Parquet inputs")
     parser.add_argument("--overwrite", action="store_true", help="start over instead of resuming")
-    parser.add_argument("--batch-size", type=int, help="images per model forward (default: 32 on GPU, 4 on CPU)")
+    parser.add_argument("--batch-size", type=int, help="images per model forward (default: 32 on GPU, 1 on CPU)")
     parser.add_argument(
         "--prepare-actors",
         type=_actors,

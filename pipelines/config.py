@@ -19,7 +19,7 @@ class ScoreConfig:
     image_column: str = "jpg"
     key_column: str = "key"
     overwrite: bool = False
-    batch_size: int | None = None  # images per model forward; None: 32 beside a GPU, 4 on CPUs
+    batch_size: int | None = None  # images per model forward; None: 32 beside a GPU, 1 on CPUs
     prepare_actors: tuple[int, int] | None = None  # (min, max); None: fill the cluster (pipelines.layout)
     score_actors: tuple[int, int] | None = None
     gpus_per_actor: float | None = None  # None: 1 when the cluster has GPUs, else CPU
