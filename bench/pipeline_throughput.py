@@ -135,7 +135,7 @@ def ladder(defaults: Settings, cpus: int) -> list[tuple[str, Settings]]:
         ("plain", plain),
         ("+ detect on a 640-px preview", preview),
         ("+ draft decode", draft),
-        ("+ one 1-thread actor per core (default)", per_core),
+        ("+ 1-thread actor/core (default)", per_core),
         ("  (batches of 4 instead)", replace(per_core, batch_size=4)),
         ("+ bf16 (--precision bf16)", replace(per_core, precision="bf16")),
     ]
