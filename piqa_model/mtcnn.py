@@ -6,7 +6,7 @@ crops clipped to the image, thresholds 0.6 / 0.7 / 0.7 and NMS overlaps 0.5 / 0.
 agree with its `MTCNN.detect` (tests/test_model_mtcnn.py). What differs is where the time went: the image is
 made contiguous once (resampling a channels-last view of it, as facenet-pytorch does, was twice as slow, and the
 pyramid was a third of the detector's time), PNet's 2x2 max-pool is two maxima of strided views (torch's
-kernel was 40 % of PNet), and RNet and ONet run in channels-last memory (4x faster on CPU). 1.4-1.8x less CPU
+kernel was half of PNet's time), and RNet and ONet run in channels-last memory (4x faster on CPU). 1.4-1.8x less CPU
 time per image on the pipeline's previews (`bench/face_detector.py`)."""
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ class Mtcnn(nn.Module):
         return _squared(torch.cat([corners, boxes[:, 4:5]], dim=1)), index
 
     def _pnet(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """facenet-pytorch's PNet forward with a cheaper (identical) 2x2 max-pool: torch's took 40 % of PNet."""
+        """facenet-pytorch's PNet forward with a cheaper (identical) 2x2 max-pool: torch's took half of PNet's time."""
         net = self.pnet
         x = _max_pool_2x2(net.prelu1(net.conv1(pixels)))
         x = net.prelu3(net.conv3(net.prelu2(net.conv2(x))))
