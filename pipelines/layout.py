@@ -25,7 +25,7 @@ from pipelines.config import ScoreConfig
 READ_TASK_CPUS = 0.25
 BLOCK_ROWS = 8  # images per block between steps: a few ms of Ray per block; small enough to balance actors at the end
 GPU_BATCH = 32
-CPU_BATCH = 1  # one image (10 crops) per forward: 2-16 % faster than batches of 4 on CPUs (BENCHMARKS.md)
+CPU_BATCH = 1  # one image (10 crops) per forward: up to 25 % faster than batches of 4 on CPUs (BENCHMARKS.md)
 
 
 @dataclass(frozen=True)
