@@ -10,10 +10,14 @@ Every row also carries a `label_std` (default 0.5 levels): the spread the pairwi
 label. Versions of one kind are ranked exactly, so the targets should be sharp; half a level still leaves
 room for a level-2 blur and a level-2 noise not being exactly equally bad.
 
-Severity parameters are interpolated between a mild (level 1) and a strong (level L) value, geometrically
-for blur, noise and JPEG quality (their perceived effect is roughly logarithmic) and linearly for the
-exposure errors (already in stops) and the colour cast. Blur is given in pixels at a 512-pixel longest side
-and scaled with the image, so it looks the same whatever `max_size` is; noise and JPEG act per pixel.
+Severity parameters are interpolated between a mild (level 1) and a strong (level L) value, geometrically for blur,
+noise and JPEG quality (their perceived effect is roughly logarithmic) and linearly for the exposure errors
+(already in stops) and the colour cast. The exposure ranges are wide on purpose: on a studio portrait of a dark-
+skinned sitter against a white background, +1.5 stops only clips a background that was nearly white already while
+the face looks better lit, and 0.75 stops darker looks no worse than the original; a model trained on those levels
+learnt "brighter face = better" and ranked overexposure backwards on such photos. From +0.5 to +2.5 stops the face
+itself washes out, and from -1 stop the darkening is plain. Blur is given in pixels at a 512-pixel longest side and
+scaled with the image, so it looks the same whatever `max_size` is; noise and JPEG act per pixel.
 """
 
 from __future__ import annotations
@@ -71,8 +75,8 @@ SEVERITIES = {
     "blur": Severity("gaussian sigma, pixels at a 512-pixel longest side", 1.0, 6.0, geometric=True),
     "noise": Severity("gaussian noise standard deviation, of 0..255", 5.0, 45.0, geometric=True),
     "jpeg": Severity("JPEG quality (Pillow, 4:2:0)", 40, 6, geometric=True, integer=True),
-    "underexposure": Severity("exposure error in stops (linear light, sRGB), darker", 0.75, 3.75, geometric=False),
-    "overexposure": Severity("exposure error in stops (linear light, sRGB), brighter, clipped", 0.3, 1.5, False),
+    "underexposure": Severity("exposure error in stops (linear light, sRGB), darker", 1.0, 4.0, geometric=False),
+    "overexposure": Severity("exposure error in stops (linear light, sRGB), brighter, clipped", 0.5, 2.5, False),
     "colour": Severity("colour-cast gain amplitude at constant luma (hue drawn per source)", 0.1, 0.5, False),
 }
 
