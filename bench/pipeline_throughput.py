@@ -207,6 +207,10 @@ def measure_set(
             document["ladder"].append({"step": name, "in_process": loop.to_dict(), "pipeline": pipeline.to_dict()})
     candidates = [replace(defaults, batch_size=b, processes=p) for b in bound_batch_sizes for p in (0, cpus)]
     bound = max((run.in_process(s, net) for s in candidates), key=lambda r: r.images_per_second)
+    one_process = max(
+        (run.in_process(s, net) for s in candidates if s.processes == 0), key=lambda r: r.images_per_second
+    )
+    print_row(f"one-process bound: batch {one_process.settings.batch_size}", one_process, None)
     print_row(f"bound: batch {bound.settings.batch_size}, {bound.settings.processes or 1} proc", bound, None)
     pipeline = run.pipeline("pipeline", defaults)
     print_row("pipeline (these settings)", run.in_process(defaults, net), pipeline)
@@ -217,6 +221,7 @@ def measure_set(
         "run_over_bound": pipeline.images_per_second / bound.images_per_second,
         "steady_over_bound": steady / bound.images_per_second,
         "bound_over_naive": bound.images_per_second / naive.images_per_second,
+        "run_over_one_process_bound": pipeline.images_per_second / one_process.images_per_second,
     }
     print(
         "pipeline / naive: run {run_over_naive:.2f}x, steady {steady_over_naive:.2f}x;  pipeline / bound: run "
@@ -224,12 +229,14 @@ def measure_set(
             **ratios
         )
     )
+    print(f"pipeline run / one-process bound (issue 3's wording): {ratios['run_over_one_process_bound']:.2f}x")
     diff = max_abs_diff(pipeline.scores, run.in_process(defaults, net).scores)
     print(f"same work: max |pipeline - in-process| score {diff:.1e} (same settings)")
     if pipeline.counts.get("ok", 0) != len(run.paths) * run.copies:
         raise SystemExit(f"{run.name}: expected {len(run.paths) * run.copies} ok rows, got {pipeline.counts}")
     return document | {
         "bound": bound.to_dict(),
+        "one_process_bound": one_process.to_dict(),
         "pipeline": pipeline.to_dict(),
         "ratios": {k: round(v, 3) for k, v in ratios.items()},
         "pipeline_vs_in_process_max_abs_score_diff": diff,
