@@ -39,7 +39,7 @@ test: lint
 bench: $(STAMP)
 	$(HYGIENE) $(BIN)/python bench/pipeline_throughput.py
 
-# Retrain the shipped starter model (piqa_model/assets/starter) from ../shared/data; ~1.5 h on 2 idle CPU cores.
+# Retrain the shipped starter model (piqa_model/assets/starter) from ../shared/data; ~2.5 h on 2 idle CPU cores.
 starter: $(STAMP)
 	$(HYGIENE) $(BIN)/piqa data degrade ../shared/data/portraits/london --out starter-data/london-synthetic \
 		--levels 4 --max-size 256
@@ -48,6 +48,8 @@ starter: $(STAMP)
 	$(HYGIENE) $(BIN)/piqa train --config configs/starter.yaml
 	$(HYGIENE) $(BIN)/piqa train --config configs/starter-finetune.yaml
 	$(HYGIENE) $(BIN)/piqa train --config configs/starter-stage3.yaml
+	$(HYGIENE) $(BIN)/piqa train --config configs/starter-stage4.yaml
+	$(HYGIENE) $(BIN)/piqa train --config configs/starter-stage5.yaml
 	$(HYGIENE) $(BIN)/python -m training.starter
 
 clean:

@@ -50,8 +50,10 @@ def ship(uri: str, tracking_uri: str, out: Path = SHIPPED_BUNDLE, cache: Path | 
         starter = dataclasses.replace(info, name="starter", description=DESCRIPTION, source=f"{uri} ({info.source})")
         provenance = (
             "Trained with `make starter`: `configs/starter.yaml` (10 epochs from scratch), "
-            "`configs/starter-finetune.yaml` (8 epochs, lower learning rate), then `configs/starter-stage3.yaml` "
-            f"(the recipe below: 12-image same-photo chunks); registry source: {starter.source}.\n\n"
+            "`configs/starter-finetune.yaml` (8 epochs, lower learning rate), `configs/starter-stage3.yaml` "
+            "(5 epochs of 12-image same-photo chunks), `configs/starter-stage4.yaml` (12 more epochs of those "
+            "chunks), then `configs/starter-stage5.yaml` (the recipe below: 8 epochs at half the learning rate); "
+            f"registry source: {starter.source}.\n\n"
         )
         card = f"# Model card: starter ({net.config.name})\n\n{PREFACE}{provenance}{rest}"
         path = save_bundle(net, out, starter, card)
