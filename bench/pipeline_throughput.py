@@ -26,8 +26,10 @@ the images after the first over the time a run over one image does not explain; 
 The ladder, cumulative: plain (full decode, MTCNN at full resolution, fp32, batch 1, one actor using every core)
 -> detection on a 640-px preview -> draft (DCT-scaled) decoding -> one single-threaded actor per core (these
 three are the defaults, with batch 1) -> `--precision bf16` (an optional flag); also shown: batches of 4. The
-model is the default bundle. Targets: pipeline >= 2x the naive loop and >= 0.8x the bound on `mixed` (issue 3),
->= 3x the naive loop (issue 7). Prints tables and writes `--out` (JSON).
+model is the default bundle. Targets: on `mixed` (issue 3), pipeline >= 2x the naive loop and >= 0.8x the
+one-process bound (issue 3's in-process bound: the pipeline's steps in one process, best batch size; the 2-process
+bound is stricter and only printed); on the other sets, >= 3x the naive loop (issue 7). Prints tables and writes
+`--out` (JSON).
 """
 
 from __future__ import annotations
@@ -71,7 +73,11 @@ from pipelines.runtime import apply_local_hygiene, ensure_ray
 from piqa_model import read_bundle
 from piqa_model.bundle import UntrainedModelWarning, default_bundle_path
 
-TARGETS = {"mixed: pipeline / naive": 2.0, "mixed: pipeline / bound": 0.8, "other sets: pipeline / naive": 3.0}
+TARGETS = {
+    "mixed: pipeline / naive": 2.0,
+    "mixed: pipeline / one-process bound": 0.8,
+    "other sets: pipeline / naive": 3.0,
+}
 PIPELINE_IMAGES = 192  # a pipeline run's images at least: a run's fixed cost (~5 s) is a job's, not an image's
 
 # Before Ray or any client library starts: loopback only, no telemetry. The model cache stays inside bench/out.
@@ -222,6 +228,7 @@ def measure_set(
         "steady_over_bound": steady / bound.images_per_second,
         "bound_over_naive": bound.images_per_second / naive.images_per_second,
         "run_over_one_process_bound": pipeline.images_per_second / one_process.images_per_second,
+        "steady_over_one_process_bound": steady / one_process.images_per_second,
     }
     print(
         "pipeline / naive: run {run_over_naive:.2f}x, steady {steady_over_naive:.2f}x;  pipeline / bound: run "
@@ -229,7 +236,10 @@ def measure_set(
             **ratios
         )
     )
-    print(f"pipeline run / one-process bound (issue 3's wording): {ratios['run_over_one_process_bound']:.2f}x")
+    print(
+        "pipeline / one-process bound (issue 3's bound): run {run_over_one_process_bound:.2f}x, "
+        "steady {steady_over_one_process_bound:.2f}x".format(**ratios)
+    )
     diff = max_abs_diff(pipeline.scores, run.in_process(defaults, net).scores)
     print(f"same work: max |pipeline - in-process| score {diff:.1e} (same settings)")
     if pipeline.counts.get("ok", 0) != len(run.paths) * run.copies:
@@ -281,7 +291,10 @@ def main() -> None:
     for result in results:
         ratios, name = result["ratios"], result["set"]
         checks = (
-            [("pipeline >= 2x naive", "over_naive", 2.0), ("pipeline >= 0.8x bound", "over_bound", 0.8)]
+            [
+                ("pipeline >= 2x naive", "over_naive", 2.0),
+                ("pipeline >= 0.8x one-process bound", "over_one_process_bound", 0.8),
+            ]
             if name == "mixed"
             else [("pipeline >= 3x naive", "over_naive", 3.0)]
         )
@@ -289,7 +302,7 @@ def main() -> None:
             for rate in ("run", "steady"):
                 verdicts[f"{name}: {label} ({rate})"] = ratios[f"{rate}_{ratio}"] >= target
     for name, passed in verdicts.items():
-        print(f"{name:44} {'PASS' if passed else 'FAIL'}")
+        print(f"{name:52} {'PASS' if passed else 'FAIL'}")
     document = {
         "benchmark": "pipeline_throughput",
         "finished_at": datetime.now(UTC).isoformat(),
