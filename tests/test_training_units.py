@@ -92,6 +92,26 @@ def test_config_yaml_round_trip_and_errors(tmp_path):
     assert overridden.tracking.uri == "x" and overridden.optim.epochs == 3
 
 
+def test_config_base_chain_changes_only_what_a_stage_names(tmp_path):
+    (tmp_path / "stage1.yaml").write_text(
+        "data: {manifests: [a.csv, b.csv], test_fraction: 0.3}\noptim: {epochs: 10, lr: 0.001}\nseed: 7\n"
+    )
+    (tmp_path / "stage2.yaml").write_text("base: stage1.yaml\ninit: models:/m@champion\noptim: {lr: 0.0005}\n")
+    nested = tmp_path / "more"
+    nested.mkdir()
+    (nested / "stage3.yaml").write_text("base: ../stage2.yaml\ndata: {manifests: [c.csv]}\n")
+    config = TrainConfig.from_yaml(nested / "stage3.yaml")
+    assert config.data.manifests == ("c.csv",) and config.data.test_fraction == 0.3
+    assert (config.optim.epochs, config.optim.lr, config.seed, config.init) == (10, 0.0005, 7, "models:/m@champion")
+    (tmp_path / "loop.yaml").write_text("base: stage2.yaml\n")
+    (tmp_path / "stage1.yaml").write_text("base: loop.yaml\n")
+    with pytest.raises(ConfigError, match="leads back to itself"):
+        TrainConfig.from_yaml(tmp_path / "loop.yaml")
+    (tmp_path / "orphan.yaml").write_text("base: missing.yaml\n")
+    with pytest.raises(ConfigError, match="missing.yaml does not exist"):
+        TrainConfig.from_yaml(tmp_path / "orphan.yaml")
+
+
 def test_train_cli_errors_are_one_line(tmp_path, capsys):
     assert run(["train", "--config", str(tmp_path / "missing.yaml")]) == 1
     assert run(["train"]) == 2

@@ -126,12 +126,33 @@ class TrainConfig:
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> TrainConfig:
-        try:
-            document = yaml.safe_load(Path(path).read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"training configuration {path} does not exist") from None
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"training configuration {path} is not valid YAML: {exc}") from None
-        if not isinstance(document, dict):
-            raise ConfigError(f"training configuration {path} must be a YAML mapping")
-        return cls.from_dict(document)
+        """Read a YAML file; a `base: OTHER.yaml` key (relative to this file) starts from that file's settings."""
+        return cls.from_dict(_read_document(Path(path), ()))
+
+
+def _read_document(path: Path, children: tuple[Path, ...]) -> dict[str, Any]:
+    """The file's mapping merged over its `base` chain: stages of one recipe repeat only what they change."""
+    try:
+        document = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"training configuration {path} does not exist") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"training configuration {path} is not valid YAML: {exc}") from None
+    if not isinstance(document, dict):
+        raise ConfigError(f"training configuration {path} must be a YAML mapping")
+    base = document.pop("base", None)
+    if base is None:
+        return document
+    base_path = path.parent / str(base)
+    if base_path.resolve() in {child.resolve() for child in (path, *children)}:
+        raise ConfigError(f"training configuration {path}: `base: {base}` leads back to itself")
+    return _merged(_read_document(base_path, (path, *children)), document)
+
+
+def _merged(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """`changes` over `base`, section by section (a list is replaced, not extended)."""
+    merged = dict(base)
+    for key, value in changes.items():
+        nested = isinstance(value, dict) and isinstance(base.get(key), dict)
+        merged[key] = _merged(base[key], value) if nested else value
+    return merged
