@@ -3,11 +3,11 @@
 The networks and weights are facenet-pytorch's (`PNet`, `RNet`, `ONet`, weights shipped in that package); the
 arithmetic is the cascade facenet-pytorch runs (the same pyramid scales, "area" resampling from the full image,
 crops clipped to the image, thresholds 0.6 / 0.7 / 0.7 and NMS overlaps 0.5 / 0.7 / 0.7 "min"), so the boxes
-agree with its `MTCNN.detect` (tests/test_model_mtcnn.py). What differs is where the time went: the image is
-made contiguous once (resampling a channels-last view of it, as facenet-pytorch does, was twice as slow, and the
-pyramid was a third of the detector's time), PNet's 2x2 max-pool is two maxima of strided views (torch's
-kernel was half of PNet's time), and RNet and ONet run in channels-last memory (4x faster on CPU). 1.4-1.8x less CPU
-time per image on the pipeline's previews (`bench/face_detector.py`)."""
+agree with its `MTCNN.detect` (tests/test_model_mtcnn.py). What differs is where the time went: the pyramid
+levels and the RNet/ONet crops are read from one summed-area table (`SummedArea`, bit-identical to the "area"
+resampling, which re-read the pixels each time and took 40 % of the detector's time), PNet's 2x2 max-pool is two
+maxima of strided views (torch's kernel was half of PNet's time), and RNet and ONet run in channels-last memory
+(4x faster on CPU). See `bench/face_detector.py` for the CPU time per image against facenet-pytorch's."""
 
 from __future__ import annotations
 
@@ -20,6 +20,71 @@ from torchvision.ops import batched_nms
 PROPOSAL_THRESHOLD, REFINE_THRESHOLD, OUTPUT_THRESHOLD = 0.6, 0.7, 0.7
 PYRAMID_FACTOR = 0.709
 PNET_WINDOW, PNET_STRIDE = 12, 2
+
+
+class SummedArea:
+    """Integer-valued images (N, C, H, W) behind a summed-area table, resampled with `F.interpolate`'s "area"
+    mode (adaptive average pooling's windows): whole, for the pyramid, or a box at a time, for the crops.
+
+    `F.interpolate` re-reads the pixels for every pyramid level and crop (40 % of detection on a CPU); here each
+    level or crop costs a few gathers from one table. The results are bit-identical: both sum integers exactly
+    (float32 is exact for windows under 65,000 pixels) and divide by the window's height, then its width.
+    """
+
+    def __init__(self, images: torch.Tensor) -> None:
+        count, channels, self.height, self.width = images.shape
+        dtype = torch.int32 if (self.height * self.width + 1) * 255 < 2**31 else torch.int64
+        table = torch.empty((count, channels, self.height + 1, self.width + 1), dtype=dtype, device=images.device)
+        table[:, :, 0, :] = 0
+        table[:, :, 1:, 0] = 0
+        table[:, :, 1:, 1:] = images
+        torch.cumsum(table, 2, out=table)
+        torch.cumsum(table, 3, out=table)
+        self.table = table
+
+    def resized(self, height: int, width: int) -> torch.Tensor:
+        """Every image resampled to (height, width), float32."""
+        zero = torch.zeros(1, dtype=torch.long, device=self.table.device)
+        top, bottom = _window_bounds(height, zero, zero + self.height)
+        left, right = _window_bounds(width, zero, zero + self.width)
+        strips = self.table.index_select(2, bottom[0]) - self.table.index_select(2, top[0])
+        shape = (*strips.shape[:3], width)
+        sums = strips.gather(3, right.expand(shape)) - strips.gather(3, left.expand(shape))
+        return _window_means(sums, (bottom - top).view(-1, 1), (right - left).view(-1))
+
+    def crops(
+        self,
+        owners: torch.Tensor,
+        left: torch.Tensor,
+        top: torch.Tensor,
+        right: torch.Tensor,
+        bottom: torch.Tensor,
+        size: int,
+    ) -> torch.Tensor:
+        """Box k (rows [top, bottom), columns [left, right) of image owners[k]) resampled: (k, C, size, size)."""
+        row_starts, row_ends = _window_bounds(size, top, bottom - top)
+        col_starts, col_ends = _window_bounds(size, left, right - left)
+        table = self.table.permute(0, 2, 3, 1)
+        image = owners.view(-1, 1, 1)
+
+        def corner(rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+            return table[image, rows[:, :, None], cols[:, None, :]]
+
+        sums = corner(row_ends, col_ends) - corner(row_starts, col_ends) - corner(row_ends, col_starts)
+        sums = (sums + corner(row_starts, col_starts)).permute(0, 3, 1, 2)
+        heights, widths = row_ends - row_starts, col_ends - col_starts
+        return _window_means(sums, heights[:, None, :, None], widths[:, None, None, :]).contiguous()
+
+
+def _window_bounds(size: int, start: torch.Tensor, length: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Table rows (or columns) bounding `size` area windows over [start, start + length): (n, size) each."""
+    step = torch.arange(size, device=start.device)
+    start, length = start.view(-1, 1), length.view(-1, 1)
+    return start + step * length // size, start + ((step + 1) * length + size - 1) // size
+
+
+def _window_means(sums: torch.Tensor, heights: torch.Tensor, widths: torch.Tensor) -> torch.Tensor:
+    return sums.float().div_(heights.float()).div_(widths.float())
 
 
 def pyramid_scales(height: int, width: int, min_face_size: int) -> list[float]:
@@ -48,7 +113,7 @@ class Mtcnn(nn.Module):
     def detect(self, images: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
         """`images`: (N, H, W, 3) uint8 RGB. Per image: boxes (k, 4) in its pixels, largest first, and probs (k,)."""
         device = next(self.pnet.parameters()).device
-        pixels = torch.from_numpy(np.array(images)).to(device).permute(0, 3, 1, 2).float().contiguous()
+        pixels = SummedArea(torch.from_numpy(np.array(images)).to(device).permute(0, 3, 1, 2))
         boxes, owners = self._propose(pixels)
         if len(boxes):
             boxes, owners = self._refine(pixels, boxes, owners)
@@ -62,19 +127,20 @@ class Mtcnn(nn.Module):
             results.append((mine[:, :4], mine[:, 4]))
         return results
 
-    def _propose(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _propose(self, pixels: SummedArea) -> tuple[torch.Tensor, torch.Tensor]:
         """Stage 1: PNet over the pyramid; candidate squares (x1, y1, x2, y2, score) and their image indices."""
-        height, width = pixels.shape[2:]
+        height, width = pixels.height, pixels.width
         found, owners = [], []
         for scale in pyramid_scales(height, width, self.min_face_size):
-            level = F.interpolate(pixels, size=(int(height * scale + 1), int(width * scale + 1)), mode="area")
+            level = pixels.resized(int(height * scale + 1), int(width * scale + 1))
             offsets, probs = self._pnet(_normalise(level))
             boxes, index = _windows(offsets, probs[:, 1], scale)
             keep = batched_nms(boxes[:, :4], boxes[:, 4], index, 0.5)
             found.append(boxes[keep])
             owners.append(index[keep])
         if not found:  # an image smaller than the smallest face
-            return pixels.new_zeros((0, 5)), torch.zeros(0, dtype=torch.long, device=pixels.device)
+            device = pixels.table.device
+            return torch.zeros((0, 5), device=device), torch.zeros(0, dtype=torch.long, device=device)
         boxes, index = torch.cat(found), torch.cat(owners)
         keep = batched_nms(boxes[:, :4], boxes[:, 4], index, 0.7)
         boxes, index = boxes[keep], index[keep]
@@ -90,7 +156,7 @@ class Mtcnn(nn.Module):
         return net.conv4_2(x), net.softmax4_1(net.conv4_1(x))
 
     def _refine(
-        self, pixels: torch.Tensor, boxes: torch.Tensor, owners: torch.Tensor
+        self, pixels: SummedArea, boxes: torch.Tensor, owners: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Stage 2: RNet on 24-px crops rejects most candidates and nudges the rest."""
         boxes, owners, crops = _crops(pixels, boxes, owners, 24)
@@ -102,7 +168,7 @@ class Mtcnn(nn.Module):
         return _squared(_shifted(boxes[keep], offsets[keep])), owners[keep]
 
     def _output(
-        self, pixels: torch.Tensor, boxes: torch.Tensor, owners: torch.Tensor
+        self, pixels: SummedArea, boxes: torch.Tensor, owners: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Stage 3: ONet on 48-px crops gives the final probability and box."""
         boxes, owners, crops = _crops(pixels, boxes, owners, 48)
@@ -145,23 +211,16 @@ def _shifted(boxes: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
 
 
 def _crops(
-    pixels: torch.Tensor, boxes: torch.Tensor, owners: torch.Tensor, size: int
+    pixels: SummedArea, boxes: torch.Tensor, owners: torch.Tensor, size: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Each box's pixels (corners truncated, clipped to its image, as 1-based inclusive indices) resampled to
     `size` squared; boxes wholly outside their image are dropped with their crops."""
-    height, width = pixels.shape[2:]
-    corners = boxes[:, :4].trunc().long().cpu()
+    corners = boxes[:, :4].trunc().long()
     left, top = corners[:, 0].clamp(min=1) - 1, corners[:, 1].clamp(min=1) - 1
-    right, bottom = corners[:, 2].clamp(max=width), corners[:, 3].clamp(max=height)
+    right, bottom = corners[:, 2].clamp(max=pixels.width), corners[:, 3].clamp(max=pixels.height)
     inside = (right > left) & (bottom > top)
-    crops = [
-        F.interpolate(pixels[owner : owner + 1, :, y0:y1, x0:x1], size=(size, size), mode="area")
-        for owner, x0, y0, x1, y1 in zip(
-            *(column[inside].tolist() for column in (owners.cpu(), left, top, right, bottom)), strict=True
-        )
-    ]
-    inside = inside.to(boxes.device)
-    return boxes[inside], owners[inside], torch.cat(crops) if crops else pixels.new_zeros((0, 3, size, size))
+    crops = pixels.crops(owners[inside], left[inside], top[inside], right[inside], bottom[inside], size)
+    return boxes[inside], owners[inside], crops
 
 
 def _max_pool_2x2(x: torch.Tensor) -> torch.Tensor:

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from facenet_pytorch import MTCNN
 from PIL import Image
 
-from piqa_model.mtcnn import Mtcnn, _max_pool_2x2, pyramid_scales
+from piqa_model.mtcnn import Mtcnn, SummedArea, _max_pool_2x2, pyramid_scales
 
 BOX_TOLERANCE_PX = 0.01
 PROB_TOLERANCE = 1e-4
@@ -93,3 +93,17 @@ def test_pyramid_scales():
 def test_max_pool_equals_torch(height, width):
     x = torch.randn(2, 10, height, width)
     assert torch.equal(_max_pool_2x2(x), F.max_pool2d(x, 2, 2, ceil_mode=True))
+
+
+def test_summed_area_resampling_equals_torchs_area_mode_bit_for_bit():
+    images = torch.randint(0, 256, (2, 3, 201, 157), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    pixels, table = images.float(), SummedArea(images)
+    for size in [(121, 95), (13, 12), (201, 157), (300, 250)]:  # down, far down, same, up
+        assert torch.equal(table.resized(*size), F.interpolate(pixels, size=size, mode="area")), size
+    boxes = torch.tensor([[1, 0, 0, 157, 201], [0, 10, 20, 110, 180], [0, 150, 190, 157, 201], [1, 40, 3, 49, 8]])
+    for size in (24, 48):
+        owners, left, top, right, bottom = boxes.T
+        crops = table.crops(owners, left, top, right, bottom, size)
+        for crop, (owner, x0, y0, x1, y1) in zip(crops, boxes.tolist(), strict=True):
+            expected = F.interpolate(pixels[owner : owner + 1, :, y0:y1, x0:x1], size=(size, size), mode="area")
+            assert torch.equal(crop, expected[0]), (size, x0, y0, x1, y1)
