@@ -115,29 +115,45 @@ RECORD_SCHEMA = pa.schema(
 )
 
 
-def shard_rows(shards: list[Shard]) -> list[dict[str, Any]]:
-    """The items of the dataset the pipeline starts from: one per shard."""
-    return [{"shard_id": s.shard_id, "kind": s.kind, "source": s.source, "files": list(s.files)} for s in shards]
+def read_units(shards: list[Shard], files_per_unit: int) -> list[dict[str, Any]]:
+    """The items of the dataset the pipeline starts from, one per read task: a tar or parquet shard whole, a
+    files shard in runs of `files_per_unit` files.
+
+    Ray Data merges what one task yields into blocks of up to 128 MiB, and a block is one actor's work: read
+    whole, a folder of 384 portraits (one shard) made blocks of 8 and 376 images, and one of two cores did
+    nearly all the work. A run of files is a block of its own. (A tar or parquet file is fetched whole; its
+    records are cut into chunks as they are read, which Ray merges up to that size.)
+    """
+    units = []
+    for shard in shards:
+        total = len(shard.files) if shard.kind == "files" else -1  # -1: known once read
+        for first in range(0, max(1, len(shard.files)), files_per_unit):
+            files = list(shard.files[first : first + files_per_unit])
+            identity = dict(shard_id=shard.shard_id, kind=shard.kind, source=shard.source)
+            units.append(identity | dict(files=files, first=first, total=total))
+    return units
 
 
 def read_shards(
     batch: dict[str, np.ndarray], *, storage: Storage, image_column: str, key_column: str, chunk_size: int
 ) -> Iterator[pa.Table]:
-    """Ray Data task: shard rows in, their records out in blocks of `chunk_size`."""
-    for shard_id, kind, source, files in zip(
-        batch["shard_id"], batch["kind"], batch["source"], batch["files"], strict=True
+    """Ray Data task: read units in (`read_units`), their records out in blocks of `chunk_size`."""
+    for shard_id, kind, source, files, first, total in zip(
+        *(batch[name] for name in ("shard_id", "kind", "source", "files", "first", "total")), strict=True
     ):
         shard = Shard(str(shard_id), kind, str(source), tuple(str(f) for f in files))
         records = read_records(shard, storage, image_column, key_column)
+        shard_total = int(total) if total >= 0 else len(records)
         for start in range(0, len(records), chunk_size):
             chunk = records[start : start + chunk_size]
+            index = int(first) + start
             yield pa.Table.from_pydict(
                 {
                     "key": [r.key for r in chunk],
                     "source": [r.source for r in chunk],
                     "shard": [shard.shard_id] * len(chunk),
-                    "index": list(range(start, start + len(chunk))),
-                    "shard_total": [len(records)] * len(chunk),
+                    "index": list(range(index, index + len(chunk))),
+                    "shard_total": [shard_total] * len(chunk),
                     "data": [r.data for r in chunk],
                     "read_error": [r.error for r in chunk],
                 },

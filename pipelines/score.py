@@ -14,7 +14,7 @@ from ray.data import ActorPoolStrategy
 
 from pipelines.config import ScoreConfig
 from pipelines.layout import READ_TASK_CPUS, plan_layout
-from pipelines.readers import read_shards, shard_rows
+from pipelines.readers import read_shards, read_units
 from pipelines.runtime import ensure_ray
 from pipelines.shards import Shard, list_shards
 from pipelines.stages import Prepare, PrepareAndScore, Score
@@ -112,7 +112,8 @@ def _build_dataset(
     resources = ray.cluster_resources()
     node_cpus = min(node["Resources"].get("CPU", 1.0) for node in ray.nodes() if node["Alive"])
     layout = plan_layout(config, resources.get("CPU", 1.0), resources.get("GPU", 0.0), node_cpus)
-    ds = ray.data.from_items(shard_rows(shards), override_num_blocks=len(shards))
+    units = read_units(shards, layout.block_rows)
+    ds = ray.data.from_items(units, override_num_blocks=len(units))
     ds = ds.map_batches(
         read_shards,
         batch_size=1,
@@ -139,31 +140,32 @@ def _build_dataset(
         return ds.map_batches(
             PrepareAndScore,
             fn_constructor_kwargs=dict(prepare=prepare_args | dict(threads=score.threads), score=score_args),
-            compute=_pool(score.size, len(shards)),
+            compute=_pool(score.size, len(units)),
             num_cpus=score.cpus,
             **options,
         )
     ds = ds.map_batches(
         Prepare,
         fn_constructor_kwargs=prepare_args | dict(threads=prepare.threads),
-        compute=_pool(prepare.size, len(shards)),
+        compute=_pool(prepare.size, len(units)),
         num_cpus=prepare.cpus,
         **options,
     )
     return ds.map_batches(
         Score,
         fn_constructor_kwargs=score_args,
-        compute=_pool(score.size, len(shards)),
+        compute=_pool(score.size, len(units)),
         num_cpus=score.cpus,
         num_gpus=score.gpus,
         **options,
     )
 
 
-def _pool(sizes: tuple[int, int], shards: int) -> ActorPoolStrategy:
-    """A pool that starts no more actors than there are shards (a small job's blocks could not feed them)."""
+def _pool(sizes: tuple[int, int], units: int) -> ActorPoolStrategy:
+    """A pool that starts no more actors than there are read units (a few images should not pay for actors
+    that would sit idle); it may grow to its max when a tar or parquet unit turns out to hold many blocks."""
     low, high = sizes
-    return ActorPoolStrategy(min_size=min(low, shards), max_size=high)
+    return ActorPoolStrategy(min_size=min(low, units), max_size=high)
 
 
 def _finished_shards(output: str, storage: Storage) -> set[str]:

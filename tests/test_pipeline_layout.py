@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import io
+import tarfile
+
+import numpy as np
 import pytest
 
 from pipelines.config import ScoreConfig
 from pipelines.layout import BLOCK_ROWS, CPU_BATCH, GPU_BATCH, READ_TASK_CPUS, plan_layout
+from pipelines.readers import read_shards, read_units
+from pipelines.shards import list_shards
+from pipelines.storage import Storage
 
 
 def config(**options) -> ScoreConfig:
@@ -60,3 +67,33 @@ def test_bad_sizes_are_refused():
         config(cpus_per_actor=0)
     with pytest.raises(ValueError, match="score_actors"):
         config(score_actors=(3, 2))
+
+
+def test_read_units_cut_a_files_shard_into_runs_that_keep_the_shards_numbering(tmp_path):
+    for number in range(11):
+        (tmp_path / "in" / f"{number:02d}.jpg").parent.mkdir(exist_ok=True)
+        (tmp_path / "in" / f"{number:02d}.jpg").write_bytes(bytes([number]))
+    with tarfile.open(tmp_path / "one.tar", "w") as archive:
+        for number in range(3):
+            member = tarfile.TarInfo(f"t{number}.jpg")
+            member.size = 1
+            archive.addfile(member, io.BytesIO(bytes([number])))
+    storage = Storage()
+    shards = list_shards(str(tmp_path / "in"), storage, shard_size=10) + list_shards(str(tmp_path / "one.tar"), storage)
+    units = read_units(shards, files_per_unit=4)
+    assert [(unit["shard_id"], len(unit["files"]), unit["first"], unit["total"]) for unit in units] == [
+        ("files-000000", 4, 0, 10),
+        ("files-000000", 4, 4, 10),
+        ("files-000000", 2, 8, 10),
+        ("files-000001", 1, 0, 1),
+        ("one", 0, 0, -1),
+    ]
+    rows = []
+    for unit in units:
+        batch = {name: np.array([value], dtype=object) for name, value in unit.items()}
+        for table in read_shards(batch, storage=storage, image_column="jpg", key_column="key", chunk_size=3):
+            rows.extend(table.select(["shard", "index", "shard_total", "data"]).to_pylist())
+    expected = [("files-000000", i, 10) for i in range(10)] + [("files-000001", 0, 1)]
+    expected += [("one", i, 3) for i in range(3)]
+    assert [(row["shard"], row["index"], row["shard_total"]) for row in rows] == expected
+    assert [row["data"] for row in rows] == [bytes([n]) for n in range(11)] + [bytes([n]) for n in range(3)]

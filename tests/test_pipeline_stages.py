@@ -15,7 +15,7 @@ import pyarrow as pa
 import pytest
 from corpus import Corpus, folder_corpus
 
-from pipelines.readers import read_shards, shard_rows
+from pipelines.readers import read_shards, read_units
 from pipelines.shards import list_shards
 from pipelines.stages import Prepare, PrepareAndScore, Score
 from pipelines.storage import Storage
@@ -37,7 +37,7 @@ class Stages:
 def stages(shared_dir, tmp_path_factory) -> Stages:
     corpus = folder_corpus(shared_dir, tmp_path_factory.mktemp("stages") / "in", count=2)
     storage = Storage()
-    shard_table = pa.Table.from_pylist(shard_rows(list_shards(str(corpus.root), storage, shard_size=100)))
+    shard_table = pa.Table.from_pylist(read_units(list_shards(str(corpus.root), storage, shard_size=100), 100))
     shard_batch = {name: shard_table.column(name).to_numpy(zero_copy_only=False) for name in shard_table.column_names}
     [records] = list(read_shards(shard_batch, storage=storage, image_column="jpg", key_column="key", chunk_size=100))
     batch = {name: records.column(name).to_numpy(zero_copy_only=False) for name in records.column_names}
