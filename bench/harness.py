@@ -79,6 +79,7 @@ class Settings:
     batch_size: int = 1
     crop_mode: str = "five"
     processes: int = 0  # 0: one process with all torch threads; N: N processes with one thread each
+    shard_size: int = 16  # pipeline runs: images per virtual shard of the input folder
 
     def label(self) -> str:
         layout = "1 proc x all threads" if self.processes == 0 else f"{self.processes} procs x 1 thread"
@@ -96,7 +97,7 @@ class Settings:
         return ScoreConfig(
             input=str(source),
             output=str(output),
-            shard_size=16,
+            shard_size=self.shard_size,
             overwrite=True,
             batch_size=self.batch_size,
             decode=self.decode,  # type: ignore[arg-type]

@@ -6,9 +6,9 @@
 
 What each way does is described in `bench/harness.py`: the naive loop (the authors' script, generously), in-process
 runs of the pipeline's own steps (no Ray; the best one is the bound), and pipeline runs (`run_scoring` on a local
-Ray over a folder of the images, shards of 16). A pipeline run pays ~5 s to start its actors (two processes
-importing torch at once on two cores), so pipeline runs read each photo of a small set several times under
-other names (`--copies`; by default enough copies for 192 images), as a job reads many photos; the naive
+Ray over a folder of the images, shards of 16 or `--shard-size`). A pipeline run pays ~5 s to start its actors
+(two processes importing torch at once on two cores), so pipeline runs read each photo of a small set several
+times under other names (`--pipeline-images`, 192 by default, or `--copies`), as a job reads many photos; the naive
 and in-process runs read each photo once.
 
 Sets (`--sets`, comma-separated): `mixed`: 200 real portraits (the 102 London Set photos at 1350x1350 and 98
@@ -90,8 +90,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--sets", default="mixed,london,piq23,12mp", help="comma-separated: mixed,london,piq23,12mp")
     parser.add_argument("--images", type=int, help="images per ladder set (default 48; 12 for 12mp)")
     parser.add_argument(
-        "--copies", type=int, help=f"pipeline runs: copies of each photo (default: enough for {PIPELINE_IMAGES} images)"
+        "--pipeline-images",
+        type=int,
+        default=PIPELINE_IMAGES,
+        help=f"pipeline runs: at least this many images, photos read repeatedly (default {PIPELINE_IMAGES})",
     )
+    parser.add_argument("--copies", type=int, help="pipeline runs: copies of each photo (overrides --pipeline-images)")
+    parser.add_argument("--shard-size", type=int, default=16, help="pipeline runs: images per input shard (16)")
     parser.add_argument("--no-ladder", dest="ladder", action="store_false", help="skip the step-by-step runs")
     parser.add_argument("--bound-batch-sizes", default="1,4", help="in-process batch sizes for the bound")
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="the pipeline's (and bound's)")
@@ -265,6 +270,7 @@ def main() -> None:
         min_face_size=args.min_face_size,
         crop_mode=args.crop_mode,
         processes=cpus,
+        shard_size=args.shard_size,
     )
     print(f"model {bundle_id} ({net.config.name}, {'trained' if info.trained else 'untrained'}); {cpus} CPUs; ")
     print(f"pipeline settings: {defaults.label()}, crop mode {args.crop_mode}", flush=True)
@@ -278,7 +284,7 @@ def main() -> None:
     try:
         for name in args.sets:
             paths = photos(name, args.images)
-            copies = args.copies or math.ceil(PIPELINE_IMAGES / len(paths))
+            copies = args.copies or math.ceil(args.pipeline_images / len(paths))
             run = SetRun(name, paths, workdir, bundle, copies)
             ladder_steps = args.ladder and name != "mixed"  # mixed: issue 3's headline set, no ladder
             results.append(measure_set(run, net, defaults, cpus, ladder_steps, args.bound_batch_sizes))
