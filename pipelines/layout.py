@@ -9,7 +9,7 @@ little less than one CPU so that the read tasks always find room:
   one per core of the cluster;
 - GPUs: one scoring actor per GPU (or per `gpus_per_actor`), fed by single-threaded prepare actors (decode,
   detect, crop) on every CPU the scoring actors leave free. A GPU meant to score 150 `dn-piqa` images/s has
-  under 7 ms per image, while a 2.4 MP photo needs ~70 ms of one core to be decoded, searched for a face and
+  under 7 ms per image, while a 2.4 MP photo needs ~56 ms of one core to be decoded, searched for a face and
   cut: a GPU wants a dozen or more prepare actors, so give it the CPUs to match (docs/deploy.md, "Sizing").
 
 Every size can be set explicitly (`ScoreConfig`); the derived ones fill the cluster as it is when the job starts.
