@@ -1,8 +1,9 @@
 """Reading the records of one shard. A record is the bytes of one image plus its identity.
 
 Reading never raises for a bad record: an unreadable member becomes a record with status `read_error`,
-so every input still yields exactly one output row. `read_shards` is the pipeline's read task; this module
-stays free of torch and the model, so read tasks start in a fraction of a second.
+so every input still yields exactly one output row (and a tar or parquet shard without any image, one error
+row). `read_shards` is the pipeline's read task; this module stays free of torch and the model, so read tasks
+start in a fraction of a second.
 """
 
 from __future__ import annotations
@@ -39,8 +40,12 @@ def read_records(shard: Shard, storage: Storage, image_column: str = "jpg", key_
     except Exception as exc:
         return [Record(shard.shard_id, shard.source, None, f"cannot read shard: {type(exc).__name__}: {exc}")]
     if shard.kind == "tar":
-        return list(_tar_records(payload, shard.source))
-    return list(_parquet_records(payload, shard.source, image_column, key_column))
+        records, nothing = list(_tar_records(payload, shard.source)), "no image members in this tar"
+    else:
+        records = list(_parquet_records(payload, shard.source, image_column, key_column))
+        nothing = "no rows in this parquet file"
+    # An empty shard still makes one row: else it would never be committed, and every rerun would read it again.
+    return records or [Record(posixpath.basename(shard.source), shard.source, None, nothing)]
 
 
 def _read_file(uri: str, prefix: str, storage: Storage) -> Record:

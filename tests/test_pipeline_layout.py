@@ -6,11 +6,13 @@ import io
 import tarfile
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from pipelines.config import ScoreConfig
 from pipelines.layout import BLOCK_ROWS, CPU_BATCH, GPU_BATCH, READ_TASK_CPUS, plan_layout
-from pipelines.readers import read_shards, read_units
+from pipelines.readers import read_records, read_shards, read_units
 from pipelines.shards import list_shards
 from pipelines.storage import Storage
 
@@ -97,3 +99,17 @@ def test_read_units_cut_a_files_shard_into_runs_that_keep_the_shards_numbering(t
     expected += [("one", i, 3) for i in range(3)]
     assert [(row["shard"], row["index"], row["shard_total"]) for row in rows] == expected
     assert [row["data"] for row in rows] == [bytes([n]) for n in range(11)] + [bytes([n]) for n in range(3)]
+
+
+def test_a_tar_or_parquet_shard_without_images_is_one_error_row(tmp_path):
+    with tarfile.open(tmp_path / "notes.tar", "w") as archive:
+        member = tarfile.TarInfo("readme.txt")
+        member.size = 2
+        archive.addfile(member, io.BytesIO(b"hi"))
+    empty = pa.table({"key": pa.array([], pa.string()), "jpg": pa.array([], pa.binary())})
+    pq.write_table(empty, tmp_path / "e.parquet")
+    storage = Storage()
+    for name, message in (("notes.tar", "no image members"), ("e.parquet", "no rows")):
+        [shard] = list_shards(str(tmp_path / name), storage)
+        [record] = read_records(shard, storage)
+        assert record.data is None and message in record.error
