@@ -96,7 +96,9 @@ def parse_args() -> argparse.Namespace:
         help=f"pipeline runs: at least this many images, photos read repeatedly (default {PIPELINE_IMAGES})",
     )
     parser.add_argument("--copies", type=int, help="pipeline runs: copies of each photo (overrides --pipeline-images)")
-    parser.add_argument("--shard-size", type=int, default=16, help="pipeline runs: images per input shard (16)")
+    parser.add_argument(
+        "--shard-size", type=int, default=Settings.shard_size, help="pipeline runs: images per input shard"
+    )
     parser.add_argument("--no-ladder", dest="ladder", action="store_false", help="skip the step-by-step runs")
     parser.add_argument("--bound-batch-sizes", default="1,4", help="in-process batch sizes for the bound")
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="the pipeline's (and bound's)")

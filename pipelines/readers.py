@@ -131,10 +131,10 @@ def read_units(shards: list[Shard], files_per_unit: int) -> list[dict[str, Any]]
     """
     units = []
     for shard in shards:
+        identity = dict(shard_id=shard.shard_id, kind=shard.kind, source=shard.source)
         total = len(shard.files) if shard.kind == "files" else -1  # -1: known once read
         for first in range(0, max(1, len(shard.files)), files_per_unit):
             files = list(shard.files[first : first + files_per_unit])
-            identity = dict(shard_id=shard.shard_id, kind=shard.kind, source=shard.source)
             units.append(identity | dict(files=files, first=first, total=total))
     return units
 
