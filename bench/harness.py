@@ -3,8 +3,8 @@
 - naive loop: what the authors' script does, one image at a time, batch 1, fp32, torch's default threads: decode
   at full resolution with PIL, MTCNN on the full-resolution image, the most confident face grown by the model's
   margin, the five crops of image and face, one `score_images` forward per image, timm 0.6.7's plain window
-  attention. We are generous to it: the authors reload the weights on every call, we build the network and MTCNN
-  once.
+  attention and PyTorch's own linears. We are generous to it: the authors reload the weights on every call, we
+  build the network and MTCNN once.
 - in-process run: the pipeline's own steps (`open_preview`, `FaceDetector.detect` on a batch, `finish`,
   `prepare`, `predict`) with the same `Settings`, on image bytes already in memory, in one process with all torch
   threads, or in one process per core with one thread each (the CPU pipeline's layout) started together.
@@ -36,6 +36,7 @@ from piqa_model.crops import crop_views
 from piqa_model.decode import open_preview
 from piqa_model.faces import face_region
 from piqa_model.images import to_uint8_tensor_chw
+from piqa_model.onednn import use_onednn_linear
 from piqa_model.swin import use_fused_attention
 
 REPO = Path(__file__).resolve().parents[1]
@@ -205,6 +206,7 @@ def naive_loop(paths: list[Path], net: DualBranchNet, config: ModelConfig) -> Lo
     mtcnn = MTCNN(keep_all=True)
     net = copy.deepcopy(net)
     use_fused_attention(net, enabled=False)
+    use_onednn_linear(net, enabled=False)
 
     def one(path: Path, stages: StageTimes) -> float:
         t0 = time.perf_counter()

@@ -8,6 +8,7 @@ from torch import nn
 from piqa_model.config import ModelConfig
 from piqa_model.errors import ConfigError
 from piqa_model.liqe import LiqeBranch, cut_patches
+from piqa_model.onednn import use_onednn_linear
 from piqa_model.swin import build_swin
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -19,6 +20,7 @@ class DualBranchNet(nn.Module):
 
     `aux == "liqe"` means the head reads the 495 LIQE logits. `liqe` (the CLIP that computes them) may be
     absent, e.g. after importing only `PIQ_model.pth`; then the caller passes `aux` to `forward_crops`.
+    Its linears run on oneDNN at inference on x86-64 CPUs (`piqa_model.onednn`).
     """
 
     def __init__(self, config: ModelConfig, pretrained: bool = False) -> None:
@@ -37,6 +39,7 @@ class DualBranchNet(nn.Module):
         )
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        use_onednn_linear(self)
 
     def compile_backbones(self) -> None:
         """`torch.compile` the Swin backbones and the LIQE CLIP in place (state-dict keys unchanged): their

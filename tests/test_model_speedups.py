@@ -1,4 +1,4 @@
-"""Speed options keep the scores: fused window attention (always on) and bf16 autocast (opt-in)."""
+"""Speed options keep the scores: fused window attention and oneDNN linears (always on), bf16 autocast (opt-in)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import piqa_model
+from piqa_model.onednn import OneDnnLinear, OneDnnMlp, onednn_available, use_onednn_linear
 from piqa_model.swin import use_fused_attention
 
 
@@ -42,3 +43,27 @@ def test_bf16_scores_stay_within_a_stated_tolerance_of_fp32(portrait_paths, tmp_
     for full, half in zip(fp32, bf16, strict=True):
         assert half["score"] == pytest.approx(full["score"], abs=2e-2)
         assert half["face_box"] == full["face_box"]
+
+
+def test_onednn_linears_give_the_plain_scores_and_switch_back(net, crops):
+    plain = copy.deepcopy(net)
+    use_onednn_linear(plain, enabled=False)
+    kinds = {type(m) for m in plain.modules()}
+    assert OneDnnLinear not in kinds and OneDnnMlp not in kinds
+    if onednn_available():  # the CI machine's x86-64 CPU: the switch must have taken effect
+        assert {OneDnnLinear, OneDnnMlp} <= {type(m) for m in net.modules()}
+    assert list(plain.state_dict()) == list(net.state_dict())
+    with torch.inference_mode():
+        torch.testing.assert_close(net.score_images(crops, crops), plain.score_images(crops, crops), atol=1e-5, rtol=0)
+
+
+def test_onednn_linears_leave_training_to_pytorch(net, crops):
+    """With gradients on, the layers run PyTorch's own linears: same outputs, same gradients."""
+    switched, plain = copy.deepcopy(net).eval(), copy.deepcopy(net).eval()
+    use_onednn_linear(plain, enabled=False)
+    grads = []
+    for model in (switched, plain):
+        model.score_images(crops[:1], crops[:1]).sum().backward()
+        grads.append(model.overall.layers[0].blocks[0].mlp.fc1.weight.grad)
+    assert grads[0].abs().sum() > 0
+    torch.testing.assert_close(grads[0], grads[1], atol=0, rtol=0)
