@@ -7,6 +7,7 @@ import warnings
 
 import pytest
 import torch
+from timm.layers import Mlp
 
 import piqa_model
 from piqa_model.onednn import OneDnnLinear, OneDnnMlp, onednn_available, use_onednn_linear
@@ -67,3 +68,15 @@ def test_onednn_linears_leave_training_to_pytorch(net, crops):
         grads.append(model.overall.layers[0].blocks[0].mlp.fc1.weight.grad)
     assert grads[0].abs().sum() > 0
     torch.testing.assert_close(grads[0], grads[1], atol=0, rtol=0)
+
+
+@pytest.mark.skipif(not onednn_available(), reason="oneDNN's fused linear is x86-64 only")
+def test_onednn_layers_match_pytorch_on_strided_inputs_and_without_bias():
+    torch.manual_seed(0)
+    plain = torch.nn.Sequential(torch.nn.Linear(32, 64, bias=False), Mlp(64, 256))
+    switched = copy.deepcopy(plain)
+    use_onednn_linear(switched)
+    assert [type(m) for m in switched] == [OneDnnLinear, OneDnnMlp]
+    x = torch.randn(3, 16, 5, 32).permute(0, 2, 1, 3)  # not contiguous, as tokens often are
+    with torch.inference_mode():
+        torch.testing.assert_close(switched(x), plain(x), atol=1e-5, rtol=1e-5)
