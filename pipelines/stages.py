@@ -7,6 +7,7 @@ sentinels; crops travel as uint8 tensor columns between `Prepare` and `Score`.
 
 from __future__ import annotations
 
+import gc
 import json
 from typing import Any
 
@@ -38,6 +39,7 @@ class Prepare:
         torch.set_num_threads(threads)
         self.config, self.max_pixels, self.decode = config, max_pixels, decode
         self.detector = FaceDetector(detect_size, min_face_size, device=device)
+        _freeze_what_lives_as_long_as_the_actor()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         metas: list[dict[str, Any]] = []
@@ -70,6 +72,16 @@ class Prepare:
         out["meta"] = np.array([json.dumps(m) for m in metas], dtype=object)
         out.update(_stack_inputs(prepared, len(metas), self.config))
         return out
+
+
+def _freeze_what_lives_as_long_as_the_actor() -> None:
+    """Take the modules and the model, loaded once per actor, out of the garbage collector's view (`gc.freeze`).
+
+    They live until the actor exits, and Python's last collection at exit walked all of them (half a million
+    objects): about 1.5 s of CPU per actor after a job's last row, taken from whatever runs next on the node
+    (the next dataset of the same driver, another job). Frozen, the actor exits in about 0.3 s.
+    """
+    gc.freeze()
 
 
 def _failure(exc: Exception) -> dict[str, Any]:
@@ -114,6 +126,7 @@ class Score:
         self.net.to(device)
         if compile:
             self.net.compile_backbones()
+        _freeze_what_lives_as_long_as_the_actor()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         metas = [json.loads(m) for m in batch["meta"]]

@@ -8,8 +8,8 @@ starter model's forward is about 1.6x faster this way, with the same scores to f
 
 The switch changes classes, not parameters: an `nn.Linear` becomes a `OneDnnLinear` and a timm `Mlp` with an
 exact GELU becomes a `OneDnnMlp`, with the same parameters, state-dict keys and training behaviour. The oneDNN
-path runs only where it computes the same function: fp32 on a CPU, gradients off, no autocast (training, bf16
-autocast and GPUs take the layers' usual forward).
+path runs only where it computes the same function: fp32 on a CPU, gradients off, no autocast, eager (training,
+bf16 autocast, torch.compile and GPUs take the layers' usual forward).
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ def _runs_on_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
         and x.numel() > 0
         and not torch.is_grad_enabled()
         and not torch.is_autocast_enabled("cpu")
+        and not torch.compiler.is_compiling()  # torch.compile picks its own kernels (oneDNN's among them)
     )
 
 

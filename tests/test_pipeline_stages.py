@@ -6,6 +6,7 @@ the two stages is the same wherever they run.
 
 from __future__ import annotations
 
+import gc
 import json
 import warnings
 from dataclasses import dataclass
@@ -73,6 +74,14 @@ def test_compiled_scoring_actor_gives_the_eager_scores(stages):
     compiled = Score(stages.files, device="cpu", compile=True)
     assert list(compiled.net.state_dict()) == list(eager.net.state_dict())  # bundles still save and load
     assert_same_rows(compiled(stages.prepared), eager(stages.prepared), stages)
+
+
+def test_actors_take_what_they_loaded_out_of_the_collectors_view(stages):
+    """Frozen, the modules and model an actor loaded are not walked again by Python's last collection at exit."""
+    for build in (lambda: Score(stages.files, device="cpu"), lambda: Prepare(**stages.prepare_args)):
+        gc.unfreeze()
+        actor = build()
+        assert gc.get_freeze_count() > 10_000 and actor is not None
 
 
 def test_cli_speed_flags_reach_the_config():
