@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import functools
 import io
-import json
 import math
 import os
 import statistics
@@ -44,7 +43,7 @@ from typing import Any
 
 import torch
 from facenet_pytorch import MTCNN
-from harness import DATA, OUT_DIR, spread, upscaled
+from harness import DATA, OUT_DIR, spread, upscaled, write_results
 from PIL import Image
 
 from piqa_model import DualBranchNet, FaceDetector, open_image, predict, prepare, preset
@@ -239,15 +238,13 @@ def main() -> None:
         )
     worst = min(r.a_over_c for r in results if "12 MP" in r.name)
     print(f"\n12 MP photos: a/c >= {worst:.1f}x (target >= {TARGET:.0f}x): {'PASS' if worst >= TARGET else 'FAIL'}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     document = {
         "benchmark": "decode_detect",
         "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "cpus": os.cpu_count(),
         "sets": [r.to_dict() for r in results],
     }
-    args.out.write_text(json.dumps(document, indent=2))
-    print(f"wrote {args.out}")
+    write_results(args.out, document)
 
 
 if __name__ == "__main__":

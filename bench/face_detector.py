@@ -12,13 +12,12 @@ and probabilities are from facenet-pytorch's.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from harness import DATA, OUT_DIR, spread
+from harness import DATA, OUT_DIR, spread, write_results
 from PIL import Image
 
 from piqa_model.mtcnn import Mtcnn
@@ -103,9 +102,7 @@ def main() -> None:
             f"{name:24}{r['images']:4}{r['facenet_ms']:9.1f}{r['ours_ms']:7.1f}{r['speedup']:8.2f}x"
             f"{r['max_box_diff_px']:9.4f}{r['max_prob_diff']:9.1e}{r['face_count_mismatches']:9}"
         )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2))
-    print(f"wrote {args.out}")
+    write_results(args.out, results)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import math
 import multiprocessing
 import re
@@ -46,6 +47,13 @@ MEGAPIXELS = 12_000_000
 COPY_MARK = "--copy"  # a pipeline input named <stem>--copy<N><suffix> is a copy of photo <stem><suffix>
 FULL_RESOLUTION = 1_000_000
 """A detection preview size no photo reaches: MTCNN runs on the full-resolution image."""
+
+
+def write_results(path: Path, document: Any) -> None:
+    """A benchmark's results as JSON at `path` (folders made as needed); says where."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(document, indent=2, default=str) + "\n")
+    print(f"wrote {path}")
 
 
 def spread(paths: list[Path], count: int) -> list[Path]:

@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import time
 import warnings
 from pathlib import Path
 
 import torch
-from harness import OUT_DIR
+from harness import OUT_DIR, write_results
 
 import piqa_model
 from piqa_model.bundle import UntrainedModelWarning, default_bundle_path
@@ -99,9 +98,7 @@ def main() -> None:
             f"{name:10}{r['preset']:>11}{r['crop']:6}{r['plain_ms']:9.1f}{r['onednn_ms']:9.1f}{r['speedup']:8.2f}x"
             f"{r['max_abs_score_diff']:12.1e}"
         )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2))
-    print(f"wrote {args.out}")
+    write_results(args.out, results)
 
 
 if __name__ == "__main__":

@@ -35,7 +35,6 @@ bound is stricter and only printed); on the other sets, >= 3x the naive loop (is
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 import os
@@ -65,6 +64,7 @@ from harness import (
     pipeline_rates,
     spread,
     upscaled,
+    write_results,
 )
 from PIL import Image
 
@@ -330,9 +330,7 @@ def main() -> None:
         "targets": TARGETS,
         "verdicts": verdicts,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(document, indent=2, default=str) + "\n")
-    print(f"wrote {args.out}")
+    write_results(args.out, document)
 
 
 if __name__ == "__main__":
