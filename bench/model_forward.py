@@ -1,7 +1,8 @@
 """The network's forward alone: PyTorch's own linears against the oneDNN ones (`piqa_model.onednn`).
 
     .venv/bin/python bench/model_forward.py                          # the starter and `small`, about 1 minute
-    .venv/bin/python bench/model_forward.py --presets dn-piqa --rounds 2 --images 1   # the paper's model, ~2 min
+    .venv/bin/python bench/model_forward.py --presets dn-piqa --rounds 2 --images 1 \
+        --out bench/out/model_forward_dnpiqa.json                     # the paper's model, about 1 minute
 
 One image per forward (its five crops of the whole image and of the face, as the CPU pipeline runs it), one torch
 thread (as in a Ray worker), random crops. Both ways run in alternating rounds in the same process and the

@@ -79,8 +79,10 @@ def _freeze_what_lives_as_long_as_the_actor() -> None:
 
     They live until the actor exits, and Python's last collection at exit walked all of them (half a million
     objects): about 1.5 s of CPU per actor after a job's last row, taken from whatever runs next on the node
-    (the next dataset of the same driver, another job). Frozen, the actor exits in about 0.3 s.
+    (the next dataset of the same driver, another job). Frozen, the actor exits in about 0.3 s. The collection
+    first frees what loading left behind, so that no garbage is frozen with it.
     """
+    gc.collect()
     gc.freeze()
 
 

@@ -1,8 +1,9 @@
 """Linear layers through oneDNN on x86-64 CPUs at inference (`use_onednn_linear`).
 
 PyTorch runs an fp32 `nn.Linear` on a CPU through MKL's sgemm. On the project's CI machine (AMD EPYC, AVX-512)
-that reaches about 110 GFLOP/s per core on the Swin's shapes, while oneDNN's matmul, the kernel behind
-torch.compile's CPU linears, reaches about 240, and can apply the MLP's GELU as it writes its output. The
+that reaches about 110 GFLOP/s per core on the Swin's shapes, while oneDNN's matmul (the kernel that
+torch.compile's CPU backend uses for linears with frozen weights) reaches about 240, and can apply the MLP's GELU
+as it writes its output. The
 starter model's forward is about 1.6x faster this way, with the same scores to float rounding
 (`bench/model_forward.py`, BENCHMARKS.md).
 
@@ -32,13 +33,14 @@ def onednn_available() -> bool:
 
 def _runs_on_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
     return (
-        x.device.type == "cpu"
+        not torch.compiler.is_compiling()  # first: torch.compile picks its own kernels (oneDNN's among them)
+        and x.device.type == "cpu"
         and x.dtype == torch.float32
         and weight.dtype == torch.float32
         and x.numel() > 0
         and not torch.is_grad_enabled()
         and not torch.is_autocast_enabled("cpu")
-        and not torch.compiler.is_compiling()  # torch.compile picks its own kernels (oneDNN's among them)
+        and onednn_available()  # checked again: a module switched on one machine may run on another
     )
 
 
@@ -58,7 +60,8 @@ class OneDnnLinear(nn.Linear):
 
 
 class OneDnnMlp(Mlp):
-    """timm's `Mlp` (fc1, exact GELU, fc2) whose CPU inference runs fc1 and the GELU as one oneDNN matmul."""
+    """timm's `Mlp` (fc1, exact GELU, fc2) whose CPU inference runs fc1 and the GELU as one oneDNN matmul, from
+    fc1's parameters (its own forward and hooks are not called there)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training and _runs_on_onednn(x, self.fc1.weight):

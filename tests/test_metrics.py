@@ -1,5 +1,6 @@
 import math
 import warnings
+from dataclasses import asdict
 
 import numpy as np
 import pytest
@@ -106,7 +107,9 @@ def test_evaluate_groups_evaluates_each_group_alone():
     assert set(report.per_group) == set(groups)
     for name in ("indoor", "night", "outdoor", "lowlight"):
         idx = [i for i, g in enumerate(groups) if g == name]
-        assert report.per_group[name] == evaluate(pred[idx], label[idx])
+        alone = evaluate(pred[idx], label[idx])
+        # The logistic fit behind PLCC, RMSE and MAE iterates: copies of the same numbers may end 1e-11 apart.
+        assert asdict(report.per_group[name]) == pytest.approx(asdict(alone), rel=1e-9)
     for name in ("solo", "duo"):
         small = report.per_group[name]
         assert math.isnan(small.srcc) and math.isnan(small.plcc) and math.isnan(small.rmse)
