@@ -50,7 +50,9 @@ def network(name: str) -> piqa_model.DualBranchNet:
     return piqa_model.DualBranchNet(piqa_model.preset(name)).eval()
 
 
-def round_ms(net: piqa_model.DualBranchNet, crops: list[tuple[torch.Tensor, torch.Tensor]], aux) -> float:
+def round_ms(
+    net: piqa_model.DualBranchNet, crops: list[tuple[torch.Tensor, torch.Tensor]], aux: torch.Tensor | None
+) -> float:
     started = time.process_time()
     for overall, face in crops:
         net.score_images(overall, face, aux)
@@ -64,7 +66,7 @@ def measure(name: str, images: int, rounds: int) -> dict:
     use_onednn_linear(plain, enabled=False)
     config = ours.config
     generator = torch.Generator().manual_seed(0)
-    shape = (1, 5 if config.crop_mode == "five" else 1, 3, config.crop, config.crop)
+    shape = (1, config.crops_per_image, 3, config.crop, config.crop)
     crops = [
         tuple(torch.randint(0, 256, shape, dtype=torch.uint8, generator=generator) for _ in range(2))
         for _ in range(images)

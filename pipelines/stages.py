@@ -95,8 +95,7 @@ def _failure(exc: Exception) -> dict[str, Any]:
 
 def _stack_inputs(prepared: dict[int, PreparedImage], size: int, config: ModelConfig) -> dict[str, np.ndarray]:
     """Uniform uint8 tensor columns; rows without an image carry zeros (they are never scored)."""
-    crops = 5 if config.crop_mode == "five" else 1
-    shape = (size, crops, 3, config.crop, config.crop)
+    shape = (size, config.crops_per_image, 3, config.crop, config.crop)
     columns = {"overall": np.zeros(shape, np.uint8), "face": np.zeros(shape, np.uint8)}
     if config.aux == "liqe" and config.liqe is not None:
         liqe = config.liqe

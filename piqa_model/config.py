@@ -83,6 +83,11 @@ class ModelConfig:
             raise ConfigError(f"crop ({self.crop}) must not exceed resize ({self.resize})")
 
     @property
+    def crops_per_image(self) -> int:
+        """Crops each branch reads per image: five (four corners and the centre) or the centre one."""
+        return 5 if self.crop_mode == "five" else 1
+
+    @property
     def head_input_width(self) -> int:
         aux = self.aux_width if self.aux == "liqe" else 0
         return self.overall.feature_width + self.face.feature_width + aux

@@ -3,9 +3,8 @@
 PyTorch runs an fp32 `nn.Linear` on a CPU through MKL's sgemm. On the project's CI machine (AMD EPYC, AVX-512)
 that reaches about 110 GFLOP/s per core on the Swin's shapes, while oneDNN's matmul (the kernel that
 torch.compile's CPU backend uses for linears with frozen weights) reaches about 240, and can apply the MLP's GELU
-as it writes its output. The
-starter model's forward is about 1.6x faster this way, with the same scores to float rounding
-(`bench/model_forward.py`, BENCHMARKS.md).
+as it writes its output. The starter model's forward is about 1.6x faster this way, with the same scores to
+float rounding (`bench/model_forward.py`, BENCHMARKS.md).
 
 The switch changes classes, not parameters: an `nn.Linear` becomes a `OneDnnLinear` and a timm `Mlp` with an
 exact GELU becomes a `OneDnnMlp`, with the same parameters, state-dict keys and training behaviour. The oneDNN
@@ -69,8 +68,16 @@ class OneDnnMlp(Mlp):
         return super().forward(x)
 
 
-def _exact_gelu(module: nn.Module) -> bool:
-    return type(module) is nn.GELU and module.approximate == "none"
+_ONEDNN_CLASSES = {nn.Linear: OneDnnLinear, Mlp: OneDnnMlp}
+_PYTORCH_CLASSES = {switched: plain for plain, switched in _ONEDNN_CLASSES.items()}
+
+
+def _fusable(module: nn.Module) -> bool:
+    """A linear, or an MLP whose fc1 is a linear followed by the exact GELU (what `OneDnnMlp` computes)."""
+    if isinstance(module, Mlp):
+        act = module.act
+        return isinstance(module.fc1, nn.Linear) and type(act) is nn.GELU and act.approximate == "none"
+    return True
 
 
 def use_onednn_linear(model: nn.Module, enabled: bool = True) -> None:
@@ -79,12 +86,8 @@ def use_onednn_linear(model: nn.Module, enabled: bool = True) -> None:
     A no-op where oneDNN's fused linear is not available (see `onednn_available`)."""
     if enabled and not onednn_available():
         return
+    classes = _ONEDNN_CLASSES if enabled else _PYTORCH_CLASSES
     for module in model.modules():
-        if enabled and type(module) is nn.Linear:
-            module.__class__ = OneDnnLinear
-        elif enabled and type(module) is Mlp and isinstance(module.fc1, nn.Linear) and _exact_gelu(module.act):
-            module.__class__ = OneDnnMlp
-        elif not enabled and type(module) is OneDnnLinear:
-            module.__class__ = nn.Linear
-        elif not enabled and type(module) is OneDnnMlp:
-            module.__class__ = Mlp
+        target = classes.get(type(module))
+        if target is not None and _fusable(module):
+            module.__class__ = target
