@@ -185,7 +185,7 @@ def score(net: DualBranchNet, batch, precision: str) -> None:
 
 
 def model_only(net: DualBranchNet, batch, args: argparse.Namespace) -> dict[str, float]:
-    device = net.mean.device
+    device = net.device
     pinned = tuple(t.pin_memory() if device.type == "cuda" and t is not None else t for t in batch)
     for _ in range(3):
         score(net, pinned, args.precision)
@@ -211,7 +211,7 @@ def fed(net: DualBranchNet, config, photos: list[bytes], args: argparse.Namespac
     try:
         for _ in range(2):  # warm-up: the workers' first batches and the network's first shapes
             score(net, batches.get(timeout=600), args.precision)
-        timer, images, waited = Timer(net.mean.device), 0, 0.0
+        timer, images, waited = Timer(net.device), 0, 0.0
         with UtilisationSampler() as sampler:
             started = time.perf_counter()
             while time.perf_counter() - started < args.seconds:

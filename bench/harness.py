@@ -33,12 +33,12 @@ from pipelines.config import ScoreConfig
 from pipelines.layout import READ_TASK_CPUS
 from pipelines.score import run_scoring
 from piqa_model import DualBranchNet, FaceDetector, ModelConfig, predict, prepare, read_bundle
+from piqa_model.backbones.swin import use_fused_attention
 from piqa_model.crops import crop_views
 from piqa_model.decode import open_preview
 from piqa_model.faces import face_region
 from piqa_model.images import to_uint8_tensor_chw
 from piqa_model.onednn import use_onednn_linear
-from piqa_model.swin import use_fused_attention
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"

@@ -27,6 +27,7 @@ from piqa_model.bundle import (
     read_bundle_files,
     warn_if_untrained,
 )
+from piqa_model.calibration import describe_scale
 
 MANIFEST = "_manifest.json"
 
@@ -40,6 +41,7 @@ class RunSummary:
     output: str
     model: str
     model_trained: bool
+    score_scale: str
     shards_total: int
     shards_skipped: int
     shards_written: int
@@ -96,6 +98,7 @@ def run_scoring(config: ScoreConfig) -> RunSummary:
         output=config.output,
         model=bundle_id,
         model_trained=info.trained,
+        score_scale=describe_scale(info.scale),
         shards_total=len(shards),
         shards_skipped=len(shards) - len(todo),
         shards_written=len(committer.committed),
@@ -178,12 +181,21 @@ def _clear_outputs(output: str, storage: Storage) -> None:
         fs.rm_file(path)
 
 
+def scoring_manifest(output: str, storage: Storage | None = None) -> dict[str, Any]:
+    """The `_manifest.json` a finished run wrote into `output` ({} when there is none yet)."""
+    storage = storage or Storage.from_environment()
+    fs, root = storage.filesystem(output)
+    path = posixpath.join(root.rstrip("/"), MANIFEST)
+    return json.loads(fs.cat_file(path)) if fs.exists(path) else {}
+
+
 def _write_manifest(config: ScoreConfig, summary: RunSummary, storage: Storage) -> None:
     document: dict[str, Any] = {
         "input": config.input,
         "output": config.output,
         "model": summary.model,
         "model_trained": summary.model_trained,
+        "score_scale": summary.score_scale,
         "config": config.to_dict(),
         "shards": {
             "total": summary.shards_total,

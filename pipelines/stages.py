@@ -123,7 +123,8 @@ class Score:
         self.precision = precision
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.net, _, self.bundle_id = read_bundle_files(bundle_files)
+        self.net, info, self.bundle_id = read_bundle_files(bundle_files)
+        self.scale = info.scale
         self.net.to(device)
         if compile:
             self.net.compile_backbones()
@@ -146,7 +147,7 @@ class Score:
                 num_faces, box, prob = metas[slot].pop("detection")
                 detection = FaceDetection(num_faces, tuple(box) if box else None, prob)
                 aux_row = None if aux is None else aux[position]
-                metas[slot].update(result_fields(detection, float(scores[position]), aux_row))
+                metas[slot].update(result_fields(detection, float(scores[position]), aux_row, self.scale))
         out = {name: batch[name] for name in ID_COLUMNS}
         out["meta"] = np.array([json.dumps(m) for m in metas], dtype=object)
         out["model"] = np.array([self.bundle_id] * len(metas), dtype=object)

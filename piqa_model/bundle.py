@@ -24,7 +24,8 @@ import fsspec
 import torch
 from safetensors.torch import load, save_file
 
-from piqa_model.config import ModelConfig, preset
+from piqa_model.calibration import ScoreScale, describe_scale
+from piqa_model.config import ModelConfig, describe_branches, preset
 from piqa_model.errors import WeightsError
 from piqa_model.network import DualBranchNet
 from piqa_model.registry import download_registered_bundle, is_registry_uri
@@ -46,6 +47,11 @@ class BundleInfo:
     description: str = ""
     source: str = ""
     metrics: dict[str, Any] = field(default_factory=dict)
+    score_scale: dict[str, Any] | None = None  # a `ScoreScale`; None: scores are the raw network output
+
+    @property
+    def scale(self) -> ScoreScale | None:
+        return None if self.score_scale is None else ScoreScale(**self.score_scale)
 
 
 def save_bundle(net: DualBranchNet, path: str | Path, info: BundleInfo, card: str | None = None) -> Path:
@@ -160,9 +166,8 @@ def _default_card(config: ModelConfig, info: BundleInfo) -> str:
     return (
         f"# Model card: {info.name}\n\n"
         f"Status: {status}\n\n{info.description}\n\n"
-        f"## Architecture\n\nPreset/config name `{config.name}`: overall Swin embed_dim "
-        f"{config.overall.embed_dim}, depths {list(config.overall.depths)}; face Swin embed_dim "
-        f"{config.face.embed_dim}, depths {list(config.face.depths)}; auxiliary branch `{config.aux}`; "
-        f"resize {config.resize}, {config.crop_mode} crop {config.crop}.\n\n"
+        f"## Architecture\n\nPreset/config name `{config.name}`: {describe_branches(config)}; auxiliary "
+        f"branch `{config.aux}`; resize {config.resize}, {config.crop_mode} crop {config.crop}.\n\n"
+        f"## Score scale\n\n{describe_scale(info.scale)}.\n\n"
         f"## Source\n\n{info.source or 'not recorded'}\n\n## Metrics\n\n{metrics}\n"
     )

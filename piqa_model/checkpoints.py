@@ -13,11 +13,11 @@ from pathlib import Path
 
 import torch
 
+from piqa_model.backbones.swin import infer_swin_config, load_swin_weights
 from piqa_model.config import ModelConfig
 from piqa_model.errors import WeightsError
 from piqa_model.liqe import infer_liqe_config, unwrap_clip_state_dict
 from piqa_model.network import DualBranchNet
-from piqa_model.swin import infer_swin_config, load_swin_weights
 
 OVERALL_PREFIX = "feature_extraction.feature_extraction."
 FACE_PREFIX = "feature_extraction_face.feature_extraction.feature_extraction."

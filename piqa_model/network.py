@@ -1,18 +1,19 @@
-"""DN-PIQA: whole-image Swin + face Swin (+ LIQE logits) -> MLP head, one score per crop."""
+"""DN-PIQA: whole-image backbone + face backbone (+ LIQE logits) -> MLP head, one score per crop."""
 
 from __future__ import annotations
+
+from typing import Literal
 
 import torch
 from torch import nn
 
+from piqa_model.backbones import build_backbone
 from piqa_model.config import ModelConfig
 from piqa_model.errors import ConfigError
 from piqa_model.liqe import LiqeBranch, cut_patches
 from piqa_model.onednn import use_onednn_linear
-from piqa_model.swin import build_swin
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+Branch = Literal["overall", "face"]
 
 
 class DualBranchNet(nn.Module):
@@ -26,8 +27,8 @@ class DualBranchNet(nn.Module):
     def __init__(self, config: ModelConfig, pretrained: bool = False) -> None:
         super().__init__()
         self.config = config
-        self.overall = build_swin(config.overall, pretrained=pretrained)
-        self.face = build_swin(config.face, pretrained=pretrained)
+        self.overall = build_backbone(config.overall, pretrained=pretrained)
+        self.face = build_backbone(config.face, pretrained=pretrained)
         self.liqe: LiqeBranch | None = None
         if config.aux == "liqe" and config.liqe is not None:
             self.liqe = LiqeBranch.from_pretrained_clip(config.liqe) if pretrained else LiqeBranch(config.liqe)
@@ -37,8 +38,15 @@ class DualBranchNet(nn.Module):
             nn.Dropout(config.dropout),
             nn.Linear(config.head_hidden, 1),
         )
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        for branch in ("overall", "face"):
+            backbone = getattr(self, branch)
+            width = getattr(config, branch).feature_width
+            if backbone.num_features != width:
+                raise ConfigError(f"{branch} backbone gives {backbone.num_features} features, its config says {width}")
+            # Each backbone's own input normalisation (ImageNet's for Swin, 0.5/0.5 for EfficientNet-Lite).
+            mean, std = backbone.pretrained_cfg["mean"], backbone.pretrained_cfg["std"]
+            self.register_buffer(f"{branch}_mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+            self.register_buffer(f"{branch}_std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
         use_onednn_linear(self)
 
     def compile_backbones(self) -> None:
@@ -58,9 +66,14 @@ class DualBranchNet(nn.Module):
         if self.uses_aux:
             self._liqe()
 
-    def normalise(self, crops_u8: torch.Tensor) -> torch.Tensor:
-        """uint8 crops [N, 3, H, W] -> ImageNet-normalised float crops."""
-        return (crops_u8.to(self.mean.dtype) / 255.0 - self.mean) / self.std
+    @property
+    def device(self) -> torch.device:
+        return self.overall_mean.device
+
+    def normalise(self, crops_u8: torch.Tensor, branch: Branch) -> torch.Tensor:
+        """uint8 crops [N, 3, H, W] -> float crops normalised as `branch`'s backbone expects."""
+        mean, std = getattr(self, f"{branch}_mean"), getattr(self, f"{branch}_std")
+        return (crops_u8.to(mean.dtype) / 255.0 - mean) / std
 
     def forward_crops(self, overall: torch.Tensor, face: torch.Tensor, aux: torch.Tensor | None = None) -> torch.Tensor:
         """Scores [N, 1] of N crop pairs (normalised float [N, 3, S, S]) and their aux vectors [N, 495]."""
@@ -83,7 +96,7 @@ class DualBranchNet(nn.Module):
 
     def aux_from_patches(self, patches_u8: torch.Tensor) -> torch.Tensor:
         """LIQE logits [B, 495] from the selected patches of B images ([B * 15, 3, 224, 224] uint8)."""
-        return self._liqe()(patches_u8.to(self.mean.device))
+        return self._liqe()(patches_u8.to(self.device))
 
     def _liqe(self) -> LiqeBranch:
         if self.liqe is None:
@@ -103,6 +116,6 @@ class DualBranchNet(nn.Module):
         batch, crops = overall_u8.shape[:2]
         flat_aux = None if aux is None else aux.repeat_interleave(crops, dim=0)
         scores = self.forward_crops(
-            self.normalise(overall_u8.flatten(0, 1)), self.normalise(face_u8.flatten(0, 1)), flat_aux
+            self.normalise(overall_u8.flatten(0, 1), "overall"), self.normalise(face_u8.flatten(0, 1), "face"), flat_aux
         )
         return scores.view(batch, crops).mean(dim=1)

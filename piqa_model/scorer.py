@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 from piqa_model.bundle import BundleInfo, default_bundle_path, read_bundle, warn_if_untrained
+from piqa_model.calibration import ScoreScale
 from piqa_model.config import ModelConfig
 from piqa_model.crops import PreparedImage, prepare
 from piqa_model.decode import DecodeMode, ModelImage, Preview, open_preview
@@ -35,7 +36,7 @@ def predict(
     `precision="bf16"` runs the network under bfloat16 autocast (GPUs, and CPUs with AVX512-BF16/AMX):
     faster, with scores within about 1e-2 of fp32.
     """
-    device = net.mean.device
+    device = net.device
     overall = _to_device(torch.stack([item.overall for item in batch]), device)
     face = _to_device(torch.stack([item.face for item in batch]), device)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
@@ -53,13 +54,15 @@ def _to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
     return tensor
 
 
-def result_fields(detection: FaceDetection, score: float, aux: torch.Tensor | None) -> dict[str, Any]:
-    """The per-image output fields shared by `Scorer.score` and the pipeline."""
+def result_fields(
+    detection: FaceDetection, raw_score: float, aux: torch.Tensor | None, scale: ScoreScale | None
+) -> dict[str, Any]:
+    """The per-image output fields shared by `Scorer.score` and the pipeline; `score` is on the bundle's scale."""
     fields: dict[str, Any] = {
         "num_faces": detection.num_faces,
         "face_box": list(detection.box) if detection.box is not None else None,
         "face_prob": detection.prob,
-        "score": float(score),
+        "score": float(raw_score if scale is None else scale.apply(float(raw_score))),
     }
     if aux is not None:
         summary = summarise(aux.view(1, -1))[0]
@@ -95,7 +98,7 @@ class Scorer:
         self.max_pixels = max_pixels
         self.precision = precision
         self.decode = decode
-        self.detector = FaceDetector(detect_size, min_face_size, device=net.mean.device)
+        self.detector = FaceDetector(detect_size, min_face_size, device=net.device)
 
     @property
     def config(self) -> ModelConfig:
@@ -138,7 +141,8 @@ class Scorer:
         prepared = [prepare(item.image, item.detection, self.config, item.original_size) for _, item in decoded]
         scores, aux = predict(self.net, prepared, self.precision)
         for slot, (index, item) in enumerate(decoded):
-            rows[index].update(result_fields(item.detection, scores[slot], None if aux is None else aux[slot]))
+            aux_row = None if aux is None else aux[slot]
+            rows[index].update(result_fields(item.detection, scores[slot], aux_row, self.info.scale))
         return rows
 
 

@@ -12,9 +12,9 @@ import pytest
 import torch
 
 import piqa_model
+from piqa_model.backbones.swin import build_swin
 from piqa_model.config import SMALL_SWIN, TINY_LIQE
 from piqa_model.liqe import LiqeBranch
-from piqa_model.swin import build_swin
 
 
 def piqa(*args: str, cache: Path) -> subprocess.CompletedProcess:
@@ -39,7 +39,9 @@ def test_import_dnpiqa_command_then_load_bundle_reproduces_the_fixture(reference
     liqe_io = torch.load(reference_dir / "liqe_tiny_io.pt", weights_only=True)
     net = scorer.net
     with torch.no_grad():
-        scores = net.forward_crops(net.normalise(io["overall_crops_u8"]), net.normalise(io["face_crops_u8"]), io["aux"])
+        scores = net.forward_crops(
+            net.normalise(io["overall_crops_u8"], "overall"), net.normalise(io["face_crops_u8"], "face"), io["aux"]
+        )
         aux = net.aux_features(liqe_io["image_u8"])
     torch.testing.assert_close(scores, io["per_crop_scores"], atol=1e-4, rtol=0)
     torch.testing.assert_close(aux, liqe_io["aux"], atol=1e-4, rtol=0)

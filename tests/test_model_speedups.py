@@ -10,8 +10,8 @@ import torch
 from timm.layers import Mlp
 
 import piqa_model
+from piqa_model.backbones.swin import use_fused_attention
 from piqa_model.onednn import OneDnnLinear, OneDnnMlp, onednn_available, use_onednn_linear
-from piqa_model.swin import use_fused_attention
 
 
 @pytest.fixture(scope="module")

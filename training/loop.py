@@ -60,6 +60,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     net = read_bundle_files(inputs.init_files)[0]
     if net.liqe is not None:  # a frozen feature extractor; its outputs come from the cache
         net.liqe.requires_grad_(False)
+    freeze_parameters(net, config.optim.freeze)
     optimizer = torch.optim.AdamW(
         [p for p in net.parameters() if p.requires_grad], lr=config.optim.lr, weight_decay=config.optim.weight_decay
     )
@@ -109,8 +110,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         total, steps = 0.0, 0
         for indices in batches:
             batch = collate([datasets["train"][i] for i in indices])
-            overall = net.normalise(batch.overall.flatten(0, 1).to(device))
-            face = net.normalise(batch.face.flatten(0, 1).to(device))
+            overall = net.normalise(batch.overall.flatten(0, 1).to(device), "overall")
+            face = net.normalise(batch.face.flatten(0, 1).to(device), "face")
             aux = None if batch.aux is None else batch.aux.to(device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
                 pred = model(overall, face, aux).float().squeeze(1)
@@ -155,6 +156,18 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             tracker.log(metrics, step=epoch)
             print(_progress_line(metrics, config.optim.epochs), flush=True)
         _report({k: v for k, v in metrics.items() if k in HEADLINE}, state if rank == 0 else None)
+
+
+def freeze_parameters(net: DualBranchNet, prefixes: tuple[str, ...]) -> int:
+    """Stop training the parameters whose names start with one of `prefixes`; how many were frozen."""
+    frozen = 0
+    for name, parameter in net.named_parameters():
+        if prefixes and name.startswith(prefixes):
+            parameter.requires_grad_(False)
+            frozen += 1
+    if prefixes and not frozen:
+        raise ConfigError(f"optim.freeze {list(prefixes)} names no parameter of the network")
+    return frozen
 
 
 def _progress_line(metrics: dict[str, float], epochs: int) -> str:

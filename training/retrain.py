@@ -73,18 +73,19 @@ def config_hash(config: TrainConfig) -> str:
 
 
 def initial_bundle(config: TrainConfig) -> tuple[dict[str, bytes], str]:
-    """The starting network as bundle bytes: from the hub (`hub`), seeded random (`scratch`) or a bundle."""
+    """The starting network as bundle bytes: pretrained backbones (`pretrained`, or its old name `hub`), seeded
+    random (`scratch`) or a bundle."""
     if is_registry_uri(config.init):  # resolved through this job's registry, not the environment's
         with tempfile.TemporaryDirectory() as cache:
             path = download_registered_bundle(config.init, Path(cache), absolute_tracking_uri(config.tracking.uri))
             return bundle_files(path), f"{config.init} (version {path.name.removeprefix('v')})"
-    if config.init not in ("hub", "scratch"):
+    if config.init not in ("pretrained", "hub", "scratch"):
         return bundle_files(config.init), config.init
     import torch
 
     with torch.random.fork_rng():
         torch.manual_seed(config.seed)
-        net = DualBranchNet(preset(config.preset), pretrained=config.init == "hub")
+        net = DualBranchNet(preset(config.preset), pretrained=config.init != "scratch")
     with tempfile.TemporaryDirectory() as directory:
         info = BundleInfo(name=f"{config.preset}-init", trained=False, source=f"{config.init} initialisation")
         path = save_bundle(net, Path(directory) / "init", info)

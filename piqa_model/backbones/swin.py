@@ -1,4 +1,4 @@
-"""Swin Transformer backbones (timm) and reading their shape off a checkpoint.
+"""The `swin` backbone family: Swin Transformers (timm), and reading their shape off a checkpoint.
 
 The authors trained with timm 0.6.7, whose Swin layout differs from timm >= 0.9: each `downsample`
 sits at the end of a stage instead of the start of the next, and two buffers are stored. timm's own
@@ -8,16 +8,45 @@ tensor shapes so that any Swin size imports without being told what it is.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
+from dataclasses import dataclass
+from typing import Any, Literal
 
-import timm
 import torch
-from timm.models.swin_transformer import checkpoint_filter_fn
 from torch import nn
 
-from piqa_model.config import SwinConfig
-from piqa_model.errors import WeightsError, WeightsUnavailableError
+from piqa_model.backbones.registry import Family, register_family
+from piqa_model.errors import ConfigError, WeightsError, WeightsUnavailableError
+
+
+@dataclass(frozen=True)
+class SwinConfig:
+    """One Swin Transformer backbone (timm layout, classifier head removed)."""
+
+    img_size: int = 384
+    patch_size: int = 4
+    window_size: int = 12
+    embed_dim: int = 128
+    depths: tuple[int, ...] = (2, 2, 18, 2)
+    num_heads: tuple[int, ...] = (4, 8, 16, 32)
+    timm_name: str = "swin_base_patch4_window12_384"
+    family: Literal["swin"] = "swin"
+
+    @property
+    def feature_width(self) -> int:
+        """Width of the average-pooled final-stage feature (1024 for Swin-B)."""
+        return self.embed_dim * 2 ** (len(self.depths) - 1)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SwinConfig:
+        try:
+            data["depths"] = tuple(data["depths"])
+            data["num_heads"] = tuple(data["num_heads"])
+            return cls(**data)
+        except (KeyError, TypeError) as exc:
+            raise ConfigError(f"not a valid Swin configuration: {exc}") from None
 
 
 def build_swin(config: SwinConfig, pretrained: bool = False) -> nn.Module:
@@ -25,6 +54,8 @@ def build_swin(config: SwinConfig, pretrained: bool = False) -> nn.Module:
 
     `pretrained=True` fetches timm's ImageNet weights from the hub (needs network access).
     """
+    import timm
+
     kwargs = dict(
         num_classes=0,
         img_size=config.img_size,
@@ -85,19 +116,21 @@ def infer_swin_config(state_dict: dict[str, torch.Tensor], base: SwinConfig | No
     mask = state_dict.get("layers.0.blocks.1.attn_mask")
     if mask is not None:  # timm 0.6.7 stores it: (num_windows, w*w, w*w) at stage-0 resolution
         img_size = math.isqrt(int(mask.shape[0])) * window_size * patch_size
-    return SwinConfig(
+    return dataclasses.replace(
+        base,
         img_size=img_size,
         patch_size=patch_size,
         window_size=window_size,
         embed_dim=embed_dim,
         depths=depths,
         num_heads=num_heads,
-        timm_name=base.timm_name,
     )
 
 
 def load_swin_weights(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> None:
     """Load a timm 0.6.7 or current-layout Swin state dict (head-less) into `model`."""
+    from timm.models.swin_transformer import checkpoint_filter_fn
+
     converted = checkpoint_filter_fn(dict(state_dict), model)
     converted = {k: v for k, v in converted.items() if not k.startswith("head.")}
     missing, unexpected = model.load_state_dict(converted, strict=False)
@@ -106,3 +139,6 @@ def load_swin_weights(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> 
             f"Swin weights do not fit the architecture: missing {sorted(missing)[:5]}, "
             f"unexpected {sorted(unexpected)[:5]}"
         )
+
+
+register_family(Family("swin", SwinConfig, build_swin, SwinConfig.from_dict))
