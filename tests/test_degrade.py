@@ -13,7 +13,7 @@ from PIL import Image
 
 from jobs.cli import run
 from piqa_model.images import open_image
-from training.degrade import KINDS, DegradeConfig, degrade_folder, degraded_versions, downscale
+from training.degrade import BAND, FORMS, KINDS, MIXTURE, DegradeConfig, degrade_folder, degraded_versions, downscale
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +41,7 @@ def test_manifest_rows_files_and_determinism(portraits: Path, tmp_path: Path) ->
         ("group", "string"),
         ("kind", "string"),
         ("level", "int64"),
+        ("form", "string"),
     ]
     rows = table.to_pylist()
     assert rows == _read_manifest(tmp_path / "b")  # as many threads as sources: the same manifest as one
@@ -50,10 +51,17 @@ def test_manifest_rows_files_and_determinism(portraits: Path, tmp_path: Path) ->
         assert [(r["kind"], r["level"]) for r in group] == expected
         for row in group:
             assert row["uri"] == f"images/{stem}/{row['kind']}-{row['level']}.png"
-            assert row["label"] == -float(row["level"]) and row["label_std"] == 0.5
+            assert row["label_std"] == 0.5
+            if row["kind"] not in ("clean", MIXTURE):
+                # the severity is drawn inside the level's band; the label is its negation
+                assert row["level"] - BAND[1] <= -row["label"] <= row["level"] - BAND[0]
+                assert row["form"] in FORMS[row["kind"]]
             with Image.open(tmp_path / "a" / row["uri"]) as image:
                 assert image.format == "PNG" and max(image.size) == 128
+        forms = {r["kind"]: r["form"] for r in group}
+        assert all(r["form"] == forms[r["kind"]] for r in group)  # one form per photo and kind
     assert {r["group"] for r in rows} == set(stems)
+    assert len({r["label"] for r in rows if r["kind"] == "blur" and r["level"] == 2}) == 3  # drawn, not fixed
 
     for stem in stems:
         for level in range(1, 6):
@@ -61,8 +69,8 @@ def test_manifest_rows_files_and_determinism(portraits: Path, tmp_path: Path) ->
             assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
     record = json.loads((tmp_path / "a" / "degrade.json").read_text())
     assert record["config"]["seed"] == 0 and record["config"]["max_size"] == 128
-    assert record["parameters"]["jpeg"]["values"] == [40, 25, 15, 10, 6]
     assert set(record["parameters"]) == set(KINDS)
+    assert set(record["parameters"]["blur"]) == {"gaussian", "defocus", "motion"}
 
     reseeded = degrade_folder(DegradeConfig(str(portraits), str(tmp_path / "c"), max_size=128, limit=1, seed=1), 1)
     assert reseeded.images == per_source
@@ -95,33 +103,58 @@ def _chroma_shift(image: Image.Image, clean: Image.Image) -> float:
     return float(np.abs(chroma(image) - chroma(clean)).mean())
 
 
+def _contrast(image: Image.Image, clean: Image.Image) -> float:
+    """How much the luma's spread shrank (flat contrast and haze both shrink it)."""
+    return float(_grey(clean).std() - _grey(image).std())
+
+
+def _resolution_loss(image: Image.Image, clean: Image.Image) -> float:
+    """Fine detail lost: the drop in the variance of the Laplacian."""
+    return _sharpness(clean) - _sharpness(image)
+
+
 MEASURES = {
     "blur": (lambda image, clean: _sharpness(image), "decreasing"),
     "noise": (_rms_error, "increasing"),
     "jpeg": (lambda image, clean: -20 * np.log10(_rms_error(image, clean) / 255), "decreasing"),  # PSNR
     "underexposure": (lambda image, clean: _grey(image).mean(), "decreasing"),
     "overexposure": (lambda image, clean: _grey(image).mean(), "increasing"),
+    "contrast": (_contrast, "increasing"),
     "colour": (_chroma_shift, "increasing"),
+    "resolution": (_resolution_loss, "increasing"),
 }
 
 
-@pytest.mark.parametrize("index", [0, 1])
-def test_severity_grows_with_level(portraits: Path, index: int) -> None:
+@pytest.mark.parametrize("index", range(6))
+def test_severity_grows_with_level_whatever_the_form(portraits: Path, index: int) -> None:
     source = sorted(portraits.glob("*.jpg"))[index]
     clean = downscale(open_image(source.read_bytes()), 256)
     versions = list(degraded_versions(clean, KINDS, 5, np.random.default_rng(index)))
-    assert versions[0] == ("clean", 0, clean)
+    assert (versions[0].kind, versions[0].level, versions[0].image) == ("clean", 0, clean)
+    assert set(MEASURES) | {MIXTURE} == set(KINDS)
     for kind, (measure, direction) in MEASURES.items():
-        images = [clean] + [image for k, _, image in versions if k == kind]
-        values = [measure(image, clean) for image in images[1:]]
-        if kind in ("blur", "underexposure", "overexposure"):
+        images = [v.image for v in versions if v.kind == kind]
+        form = next(v.form for v in versions if v.kind == kind)
+        values = [measure(image, clean) for image in images]
+        if kind != "jpeg":  # a JPEG's PSNR against itself is infinite
             values.insert(0, measure(clean, clean))
         steps = np.diff(values) * (1 if direction == "increasing" else -1)
-        assert np.all(steps > 0), f"{kind}: {values}"
-    # every level also moves further from the clean image
+        assert np.all(steps > 0), f"{kind} ({form}): {values}"
+    # every level of every kind, mixtures included, also moves further from the clean image
     for kind in KINDS:
-        errors = [_rms_error(image, clean) for k, _, image in versions if k == kind]
+        errors = [_rms_error(v.image, clean) for v in versions if v.kind == kind]
         assert errors[0] > 0 and np.all(np.diff(errors) > 0), f"{kind}: {errors}"
+        severities = [v.severity for v in versions if v.kind == kind]
+        assert np.all(np.diff(severities) > 0), f"{kind}: {severities}"
+
+
+def test_the_draws_meet_every_form_of_every_kind(portraits: Path) -> None:
+    clean = downscale(open_image(sorted(portraits.glob("*.jpg"))[0].read_bytes()), 64)
+    seen: dict[str, set[str]] = {}
+    for seed in range(12):
+        for version in degraded_versions(clean, KINDS, 1, np.random.default_rng(seed)):
+            seen.setdefault(version.kind, set()).add(version.form)
+    assert all(seen[kind] == set(forms) for kind, forms in FORMS.items()), seen
 
 
 def test_cli_writes_a_manifest_and_skips_unreadable_images(portraits: Path, tmp_path: Path, capsys) -> None:

@@ -1,23 +1,23 @@
 """RankIQA-style synthetic degradations: clean portraits become labelled, within-photo ranked training data.
 
 Each source photo yields its clean version (level 0) and, for every kind, levels 1..L of growing severity.
-The label is the negated level, and the group is the source photo: a level-2 blur is only ever compared
+The label is the negated severity, and the group is the source photo: a level-2 blur is only ever compared
 with another version of the same photo, so the ranking loss learns "worse than" without needing the
-kinds to be exactly comparable. The levels are still chosen so that level L of every kind is strongly
-degraded (face still recognisable) and the same level is roughly equally bad across kinds.
+kinds to be exactly comparable. Level L of every kind is strongly degraded (face still recognisable) and the
+same level is roughly equally bad across kinds.
 
-Every row also carries a `label_std` (default 0.5 levels): the spread the pairwise loss assumes around a
-label. Versions of one kind are ranked exactly, so the targets should be sharp; half a level still leaves
-room for a level-2 blur and a level-2 noise not being exactly equally bad.
+The generator teaches the fault, not one formula: per photo and kind it draws one *form* of the fault (a Gaussian,
+defocus or motion blur; white, signal-dependent or chroma noise; a gain, gamma or black-point exposure error ...),
+and per level a severity `s` uniformly inside the level's band, `level - 0.8 <= s <= level - 0.2`, from which every
+parameter of the form follows; the label is `-s`. Severities are fractions of the kind's range (mild at s = 0,
+strong at s = L): geometric for blur, noise, JPEG quality and resolution (their perceived effect is roughly
+logarithmic), linear for exposure (in stops or tone-curve points), contrast and colour. A `mixture` version holds
+two other kinds at once (drawn per photo), each at a share of the severity; its label counts the worse one in
+full and the other by half.
 
-Severity parameters are interpolated between a mild (level 1) and a strong (level L) value, geometrically for blur,
-noise and JPEG quality (their perceived effect is roughly logarithmic) and linearly for the exposure errors
-(already in stops) and the colour cast. The exposure ranges are wide on purpose: on a studio portrait of a dark-
-skinned sitter against a white background, +1.5 stops only clips a background that was nearly white already while
-the face looks better lit, and 0.75 stops darker looks no worse than the original; a model trained on those levels
-learnt "brighter face = better" and ranked overexposure backwards on such photos. From +0.5 to +2.5 stops the face
-itself washes out, and from -1 stop the darkening is plain. Blur is given in pixels at a 512-pixel longest side and
-scaled with the image, so it looks the same whatever `max_size` is; noise and JPEG act per pixel.
+Every row also carries a `label_std` (default 0.5 levels): the spread the pairwise loss assumes around a label, room
+for a level-2 blur and a level-2 noise not being exactly equally bad. Blur is given in pixels at a 512-pixel longest
+side and scaled with the image, so it looks the same whatever `max_size` is; noise and JPEG act per pixel.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import json
 import math
 import os
 import posixpath
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
@@ -36,49 +36,205 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 from scipy.ndimage import gaussian_filter
+from scipy.signal import fftconvolve
 
 from pipelines.storage import Storage, StorageError
 from piqa_model.errors import ConfigError, ImageError
 from piqa_model.images import open_image
 
-KINDS = ("blur", "noise", "jpeg", "underexposure", "overexposure", "colour")
 MAX_LEVELS = 10
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 BLUR_REFERENCE_SIZE = 512
 """Blur sigmas are in pixels at this longest side and scale with the image."""
+BAND = (0.2, 0.8)
+"""A level-l version's severity is drawn from [l - 0.8, l - 0.2]: levels never overlap."""
+
+Pixels = np.ndarray  # float32 [H, W, 3], 0..255
+Fault = Callable[[Pixels, float, np.random.Generator], Pixels]
+"""(pixels, strength in (0, 1], the photo's random generator) -> degraded pixels. Strength 1 is level L."""
 
 
-@dataclass(frozen=True)
-class Severity:
-    """How one kind's parameter runs from level 1 (`mild`) to level L (`strong`)."""
-
-    parameter: str
-    mild: float
-    strong: float
-    geometric: bool
-    integer: bool = False
-
-    def values(self, levels: int) -> list[float]:
-        """The parameter for levels 1..`levels`; a single level is the strong one."""
-        values = []
-        for level in range(1, levels + 1):
-            t = (level - 1) / (levels - 1) if levels > 1 else 1.0
-            if self.geometric:
-                value = self.mild * (self.strong / self.mild) ** t
-            else:
-                value = self.mild + (self.strong - self.mild) * t
-            values.append(float(round(value)) if self.integer else round(value, 4))
-        return values
+def _between(mild: float, strong: float, strength: float, geometric: bool) -> float:
+    if geometric:
+        return mild * (strong / mild) ** strength
+    return mild + (strong - mild) * strength
 
 
-SEVERITIES = {
-    "blur": Severity("gaussian sigma, pixels at a 512-pixel longest side", 1.0, 6.0, geometric=True),
-    "noise": Severity("gaussian noise standard deviation, of 0..255", 5.0, 45.0, geometric=True),
-    "jpeg": Severity("JPEG quality (Pillow, 4:2:0)", 40, 6, geometric=True, integer=True),
-    "underexposure": Severity("exposure error in stops (linear light, sRGB), darker", 1.0, 4.0, geometric=False),
-    "overexposure": Severity("exposure error in stops (linear light, sRGB), brighter, clipped", 0.5, 2.5, False),
-    "colour": Severity("colour-cast gain amplitude at constant luma (hue drawn per source)", 0.1, 0.5, False),
+def _scale_blur(pixels: Pixels, sigma: float) -> float:
+    return sigma * max(pixels.shape[:2]) / BLUR_REFERENCE_SIZE
+
+
+def _convolve(pixels: Pixels, kernel: np.ndarray) -> Pixels:
+    kernel = kernel / kernel.sum()
+    pad = max(kernel.shape)
+    padded = np.pad(pixels, ((pad, pad), (pad, pad), (0, 0)), mode="reflect")
+    out = np.stack([fftconvolve(padded[..., c], kernel, mode="same") for c in range(3)], axis=-1)
+    return out[pad:-pad, pad:-pad].astype(np.float32)
+
+
+def gaussian_blur(pixels: Pixels, strength: float, rng: np.random.Generator) -> Pixels:
+    """Out of focus, smoothly: a Gaussian of sigma 0.8 to 6 pixels (at 512 px)."""
+    sigma = _scale_blur(pixels, _between(0.8, 6.0, strength, geometric=True))
+    return gaussian_filter(pixels, sigma=(sigma, sigma, 0), mode="reflect")
+
+
+def defocus_blur(pixels: Pixels, strength: float, rng: np.random.Generator) -> Pixels:
+    """A lens out of focus: a disc of radius 1.2 to 8 pixels (at 512 px), its rim anti-aliased."""
+    radius = _scale_blur(pixels, _between(1.2, 8.0, strength, geometric=True))
+    size = int(math.ceil(radius)) + 1
+    y, x = np.mgrid[-size : size + 1, -size : size + 1]
+    return _convolve(pixels, np.clip(radius + 0.5 - np.hypot(x, y), 0.0, 1.0).astype(np.float32))
+
+
+def motion_blur(pixels: Pixels, strength: float, rng: np.random.Generator) -> Pixels:
+    """Camera shake: a straight streak of 3 to 22 pixels (at 512 px) in a direction drawn per photo."""
+    length = _scale_blur(pixels, _between(3.0, 22.0, strength, geometric=True))
+    angle = rng.uniform(0.0, math.pi)
+    size = int(math.ceil(length / 2)) + 1
+    kernel = np.zeros((2 * size + 1, 2 * size + 1), np.float32)
+    for t in np.linspace(-length / 2, length / 2, int(length * 8) + 2):  # the line, spread bilinearly
+        y, x = size + t * math.sin(angle), size + t * math.cos(angle)
+        top, left = int(math.floor(y)), int(math.floor(x))
+        dy, dx = y - top, x - left
+        kernel[top, left] += (1 - dy) * (1 - dx)
+        kernel[top + 1, left] += dy * (1 - dx)
+        kernel[top, left + 1] += (1 - dy) * dx
+        kernel[top + 1, left + 1] += dy * dx
+    return _convolve(pixels, kernel)
+
+
+def _noise_std(strength: float) -> float:
+    return _between(4.0, 40.0, strength, geometric=True)
+
+
+def white_noise(pixels: Pixels, strength: float, rng: np.random.Generator) -> Pixels:
+    """Gaussian noise of standard deviation 4 to 40 (of 255), independent per pixel and channel."""
+    return pixels + _noise_std(strength) * rng.standard_normal(pixels.shape, dtype=np.float32)
+
+
+def signal_noise(pixels: Pixels, strength: float, rng: np.random.Generator) -> Pixels:
+    """Shot noise as a sensor makes it: grows with the light (std at mid-grey = the level's std), plus a floor."""
+    std = _noise_std(strength) * np.sqrt(np.maximum(pixels, 1.0) / 128.0) + 1.0
+    return pixels + std * rng.standard_normal(pixels.shape, dtype=np.float32)
+
+
+def chroma_noise(pixels: Pixels, strength: float, rng: np.random.Generator) -> Pixels:
+    """Blotchy colour noise over luma grain, as a phone's denoiser leaves it at high ISO."""
+    std = _noise_std(strength)
+    luma = rng.standard_normal(pixels.shape[:2], dtype=np.float32)[..., None]
+    colour = gaussian_filter(rng.standard_normal(pixels.shape, dtype=np.float32), sigma=(1.5, 1.5, 0)) * 2.0
+    return pixels + std * (0.6 * luma + 0.8 * colour)
+
+
+def jpeg_fault(pixels: Pixels, strength: float, rng: np.random.Generator) -> Pixels:
+    """JPEG at quality 45 down to 6, chroma subsampling drawn per photo, sometimes saved twice."""
+    quality = int(round(_between(45.0, 6.0, strength, geometric=True)))
+    subsampling = str(rng.choice(["4:2:0", "4:2:0", "4:2:2", "4:4:4"]))
+    image = _to_image(pixels)
+    if rng.random() < 0.3:  # re-saved: a copy of a copy
+        image = jpeg_roundtrip(image, min(95, quality + int(rng.integers(10, 30))), subsampling)
+    return np.asarray(jpeg_roundtrip(image, quality, subsampling), dtype=np.float32)
+
+
+def _linear(pixels: Pixels) -> np.ndarray:
+    return _srgb_to_linear(np.clip(pixels, 0.0, 255.0) / 255.0)
+
+
+def _srgb(linear: np.ndarray) -> Pixels:
+    return _linear_to_srgb(np.clip(linear, 0.0, 1.0)) * 255.0
+
+
+def dark_gain(pixels: Pixels, strength: float, rng: np.random.Generator) -> Pixels:
+    """Too little light: linear light scaled down by 0.8 to 4 stops."""
+    return _srgb(_linear(pixels) * 2.0 ** -_between(0.8, 4.0, strength, geometric=False))
+
+
+def dark_gamma(pixels: Pixels, strength: float, rng: np.random.Generator) -> Pixels:
+    """A tone curve that sinks the mid-tones (gamma 1.4 to 3.4 on the encoded values)."""
+    return 255.0 * (np.clip(pixels, 0.0, 255.0) / 255.0) ** _between(1.4, 3.4, strength, geometric=False)
+
+
+def crushed_shadows(pixels: Pixels, strength: float, rng: np.random.Generator) -> Pixels:
+    """Underexposed and clipped at black: a raised black point swallows the shadows, then a darker gain."""
+    black = _between(0.05, 0.35, strength, geometric=False)
+    lifted = np.clip((np.clip(pixels, 0.0, 255.0) / 255.0 - black) / (1.0 - black), 0.0, 1.0)
+    return 255.0 * lifted * _between(0.95, 0.55, strength, geometric=False)
+
+
+def bright_gain(pixels: Pixels, strength: float, rng: np.random.Generator) -> Pixels:
+    """Too much light: linear light scaled up by 0.5 to 2.5 stops, clipped at white (blown highlights)."""
+    return _srgb(_linear(pixels) * 2.0 ** _between(0.5, 2.5, strength, geometric=False))
+
+
+def bright_gamma(pixels: Pixels, strength: float, rng: np.random.Generator) -> Pixels:
+    """A washed-out tone curve (gamma 0.7 to 0.25): mid-tones and shadows lifted towards white."""
+    return 255.0 * (np.clip(pixels, 0.0, 255.0) / 255.0) ** _between(0.7, 0.25, strength, geometric=False)
+
+
+def clipped_highlights(pixels: Pixels, strength: float, rng: np.random.Generator) -> Pixels:
+    """A lowered white point: everything above it blows out to white."""
+    white = _between(0.85, 0.4, strength, geometric=False)
+    return 255.0 * np.clip(np.clip(pixels, 0.0, 255.0) / 255.0 / white, 0.0, 1.0)
+
+
+def flat_contrast(pixels: Pixels, strength: float, rng: np.random.Generator) -> Pixels:
+    """Contrast squeezed towards the image's mean grey (keeps 75 % to 20 % of it)."""
+    keep = _between(0.75, 0.2, strength, geometric=False)
+    return pixels.mean() + keep * (pixels - pixels.mean())
+
+
+def haze(pixels: Pixels, strength: float, rng: np.random.Generator) -> Pixels:
+    """Veiling glare or fog: a bright, slightly tinted veil over the whole frame."""
+    veil = rng.uniform(200.0, 245.0) + rng.uniform(-8.0, 8.0, 3)
+    amount = _between(0.2, 0.75, strength, geometric=False)
+    return (1.0 - amount) * pixels + amount * veil.astype(np.float32)
+
+
+_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+
+
+def colour_cast(pixels: Pixels, strength: float, rng: np.random.Generator) -> Pixels:
+    """A white-balance error: per-channel gains 1 + a·cos(hue − 120°·c) at constant luma, hue drawn per photo."""
+    amplitude = _between(0.08, 0.5, strength, geometric=False)
+    hue = rng.uniform(0.0, 2.0 * math.pi)
+    gains = 1.0 + amplitude * np.cos(hue - np.arange(3) * 2.0 * math.pi / 3.0).astype(np.float32)
+    return pixels * (gains / float(gains @ _LUMA))
+
+
+def saturation_fault(pixels: Pixels, strength: float, rng: np.random.Generator) -> Pixels:
+    """Washed-out or garish colour: saturation scaled to 70 % .. 5 %, or to 1.6x .. 3.5x (drawn per photo)."""
+    luma = (pixels @ _LUMA)[..., None]
+    if rng.random() < 0.5:
+        factor = _between(0.7, 0.05, strength, geometric=False)
+    else:
+        factor = _between(1.6, 3.5, strength, geometric=False)
+    return luma + factor * (pixels - luma)
+
+
+def low_resolution(pixels: Pixels, strength: float, rng: np.random.Generator) -> Pixels:
+    """Down-sampled by 1.5x to 8x and scaled back up, with a resampling filter drawn per photo."""
+    factor = _between(1.5, 8.0, strength, geometric=True)
+    image = _to_image(pixels)
+    small = (max(8, round(image.width / factor)), max(8, round(image.height / factor)))
+    filters = [Image.Resampling.NEAREST, Image.Resampling.BILINEAR, Image.Resampling.BICUBIC, Image.Resampling.BOX]
+    down = filters[int(rng.integers(1, 4))]
+    up = filters[int(rng.integers(0, 3))]
+    return np.asarray(image.resize(small, down).resize(image.size, up), dtype=np.float32)
+
+
+FORMS: dict[str, dict[str, Fault]] = {
+    "blur": {"gaussian": gaussian_blur, "defocus": defocus_blur, "motion": motion_blur},
+    "noise": {"white": white_noise, "signal-dependent": signal_noise, "chroma": chroma_noise},
+    "jpeg": {"jpeg": jpeg_fault},
+    "underexposure": {"gain": dark_gain, "gamma": dark_gamma, "crushed-shadows": crushed_shadows},
+    "overexposure": {"gain": bright_gain, "gamma": bright_gamma, "clipped-highlights": clipped_highlights},
+    "contrast": {"flat": flat_contrast, "haze": haze},
+    "colour": {"cast": colour_cast, "saturation": saturation_fault},
+    "resolution": {"resample": low_resolution},
 }
+"""Every kind's forms. The photo's form of a kind is drawn once, so its levels differ only in severity."""
+MIXTURE = "mixture"
+KINDS = (*FORMS, MIXTURE)
 
 
 @dataclass(frozen=True)
@@ -101,6 +257,8 @@ class DegradeConfig:
             raise ConfigError(f"unknown degradation kind {', '.join(unknown)}; choose from: {', '.join(KINDS)}")
         if not self.kinds or len(set(self.kinds)) != len(self.kinds):
             raise ConfigError(f"kinds must be one or more distinct names of: {', '.join(KINDS)}")
+        if MIXTURE in self.kinds and len(self.kinds) < 3:
+            raise ConfigError("a mixture combines two other kinds: give at least two besides it")
         if not 1 <= self.levels <= MAX_LEVELS:
             raise ConfigError(f"levels must be between 1 and {MAX_LEVELS}, got {self.levels}")
         if self.max_size < 0:
@@ -115,11 +273,15 @@ class DegradeConfig:
             raise ConfigError(f"limit must be >= 1, got {self.limit}")
 
     def parameters(self) -> dict[str, dict[str, object]]:
-        """Per kind: what its parameter means and its value at levels 1..L."""
-        return {
-            kind: {"parameter": SEVERITIES[kind].parameter, "values": SEVERITIES[kind].values(self.levels)}
+        """Per kind: its forms and what each does from level 1 to level L."""
+        described = {
+            kind: {form: (fault.__doc__ or form).strip() for form, fault in FORMS[kind].items()}
             for kind in self.kinds
+            if kind != MIXTURE
         }
+        if MIXTURE in self.kinds:
+            described[MIXTURE] = {"pair": "two other kinds at once, each at 50-90 % of the severity"}
+        return described
 
 
 @dataclass
@@ -146,47 +308,67 @@ def downscale(image: Image.Image, max_size: int) -> Image.Image:
     return image.resize(size, Image.Resampling.LANCZOS)
 
 
+@dataclass(frozen=True)
+class Version:
+    """One degraded version of a photo: its kind, level, drawn severity (the label is -severity) and form."""
+
+    kind: str
+    level: int
+    severity: float
+    form: str
+    image: Image.Image
+
+
 def degraded_versions(
     image: Image.Image, kinds: tuple[str, ...], levels: int, rng: np.random.Generator
-) -> Iterator[tuple[str, int, Image.Image]]:
-    """(kind, level, image): the clean image as ("clean", 0), then every kind at levels 1..`levels`.
+) -> Iterator[Version]:
+    """The clean image (kind "clean", level 0), then every kind at levels 1..`levels`.
 
-    `rng` draws the colour-cast hue, then one noise field that every noise level scales, so the noise
-    levels differ only in strength; the draws do not depend on which kinds are asked for.
+    Per kind, `rng` draws the form (and for a mixture its two kinds), and each fault draws its own random choices
+    (noise fields, hues, angles) from a generator seeded once per photo and kind, so that every level of a kind
+    shares them and differs only in severity. The draws do not depend on which other kinds are asked for.
     """
     pixels = np.asarray(image, dtype=np.float32)
-    hue = rng.uniform(0.0, 2.0 * math.pi)
-    noise = rng.standard_normal(pixels.shape, dtype=np.float32) if "noise" in kinds else None
-    yield "clean", 0, image
+    yield Version("clean", 0, 0.0, "clean", image)
+    singles = [kind for kind in KINDS if kind != MIXTURE]
+    plan = {kind: str(rng.choice(sorted(FORMS[kind]))) for kind in singles}
+    pair = (
+        [str(k) for k in rng.choice([k for k in singles if k in kinds], size=2, replace=False)]
+        if (MIXTURE in kinds)
+        else []
+    )
+    seeds = {kind: int(rng.integers(2**32)) for kind in KINDS}
+    shares = rng.uniform(0.5, 0.9, size=2)
     for kind in kinds:
-        for level, value in enumerate(SEVERITIES[kind].values(levels), start=1):
-            if kind == "blur":
-                sigma = value * max(image.size) / BLUR_REFERENCE_SIZE
-                out = _to_image(gaussian_filter(pixels, sigma=(sigma, sigma, 0), mode="reflect"))
-            elif kind == "noise":
-                out = _to_image(pixels + value * noise)
-            elif kind == "jpeg":
-                out = jpeg_roundtrip(image, int(value))
-            elif kind == "underexposure":
-                out = _to_image(_exposure(pixels, -value))
-            elif kind == "overexposure":
-                out = _to_image(_exposure(pixels, value))
+        for level in range(1, levels + 1):
+            severity = level - rng.uniform(*BAND)
+            if kind == MIXTURE:
+                out = pixels
+                for part, share in zip(pair, shares, strict=True):
+                    out = _apply(part, plan[part], out, share * severity, levels, seeds[MIXTURE])
+                parts = sorted(shares * severity)
+                label_severity, form = parts[1] + 0.5 * parts[0], f"{plan[pair[0]]}-{pair[0]}+{plan[pair[1]]}-{pair[1]}"
             else:
-                out = _to_image(_colour_cast(pixels, value, hue))
-            yield kind, level, out
+                out = _apply(kind, plan[kind], pixels, severity, levels, seeds[kind])
+                label_severity, form = severity, plan[kind]
+            yield Version(kind, level, round(float(label_severity), 4), form, _to_image(out))
 
 
-def jpeg_roundtrip(image: Image.Image, quality: int) -> Image.Image:
-    """Encode and decode as a JPEG of `quality` with 4:2:0 chroma subsampling (what cameras and web tools do)."""
+def _apply(kind: str, form: str, pixels: Pixels, severity: float, levels: int, seed: int) -> Pixels:
+    """Severity 0 is a kind's mild end and `levels` its strong end."""
+    return FORMS[kind][form](pixels, severity / levels, np.random.default_rng(seed))
+
+
+def degrade_photo(image: Image.Image, kind: str, form: str, strength: float, seed: int = 0) -> Image.Image:
+    """One fault of one form at `strength` (0: mild, 1: the strongest level), e.g. for a demo photo."""
+    return _to_image(FORMS[kind][form](np.asarray(image, dtype=np.float32), strength, np.random.default_rng(seed)))
+
+
+def jpeg_roundtrip(image: Image.Image, quality: int, subsampling: str = "4:2:0") -> Image.Image:
+    """Encode and decode as a JPEG of `quality` (4:2:0 chroma subsampling, as cameras and web tools do)."""
     buffer = io.BytesIO()
-    image.save(buffer, format="JPEG", quality=quality, subsampling="4:2:0")
+    image.save(buffer, format="JPEG", quality=quality, subsampling=subsampling)
     return Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
-
-
-def _exposure(pixels: np.ndarray, stops: float) -> np.ndarray:
-    """Scale the light by 2**stops in linear sRGB, clip at white (blown highlights), re-encode."""
-    linear = _srgb_to_linear(pixels / 255.0) * (2.0**stops)
-    return _linear_to_srgb(np.clip(linear, 0.0, 1.0)) * 255.0
 
 
 def _srgb_to_linear(x: np.ndarray) -> np.ndarray:
@@ -195,15 +377,6 @@ def _srgb_to_linear(x: np.ndarray) -> np.ndarray:
 
 def _linear_to_srgb(x: np.ndarray) -> np.ndarray:
     return np.where(x <= 0.0031308, x * 12.92, 1.055 * x ** (1 / 2.4) - 0.055)
-
-
-_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
-
-
-def _colour_cast(pixels: np.ndarray, amplitude: float, hue: float) -> np.ndarray:
-    """Per-channel gains 1 + a·cos(hue − 120°·c), normalised so luma is kept: a white-balance error."""
-    gains = 1.0 + amplitude * np.cos(hue - np.arange(3) * 2.0 * math.pi / 3.0).astype(np.float32)
-    return pixels * (gains / float(gains @ _LUMA))
 
 
 def _to_image(pixels: np.ndarray) -> Image.Image:
@@ -225,19 +398,20 @@ def _degrade_source(task: _Task, config: DegradeConfig, storage: Storage) -> lis
         return f"{type(exc).__name__}: {exc}"
     rng = np.random.default_rng(config.seed + task.index)
     rows = []
-    for kind, level, version in degraded_versions(image, config.kinds, config.levels, rng):
-        uri = posixpath.join("images", task.group, f"{kind}-{level}.png")
+    for version in degraded_versions(image, config.kinds, config.levels, rng):
+        uri = posixpath.join("images", task.group, f"{version.kind}-{version.level}.png")
         buffer = io.BytesIO()
-        version.save(buffer, format="PNG", compress_level=1)
+        version.image.save(buffer, format="PNG", compress_level=1)
         storage.write_atomic(posixpath.join(config.output, uri), buffer.getvalue())
         rows.append(
             {
                 "uri": uri,
-                "label": -float(level),
+                "label": -version.severity,
                 "label_std": config.label_std,
                 "group": task.group,
-                "kind": kind,
-                "level": level,
+                "kind": version.kind,
+                "level": version.level,
+                "form": version.form,
             }
         )
     return rows
@@ -307,6 +481,7 @@ def _finish(
             ("group", pa.string()),
             ("kind", pa.string()),
             ("level", pa.int64()),
+            ("form", pa.string()),
         ]
     )
     buffer = io.BytesIO()
