@@ -86,7 +86,7 @@ class Settings:
     min_face_size: int = 20
     precision: str = "fp32"
     batch_size: int = 1
-    crop_mode: str = "five"
+    crop_mode: str | None = None  # None: the bundle's own
     processes: int = 0  # 0: one process with all torch threads; N: N processes with one thread each
     shard_size: int = 16  # pipeline runs: images per virtual shard of the input folder
 
@@ -248,7 +248,7 @@ def _steps(
     blobs: list[tuple[str, bytes]], net: DualBranchNet, settings: Settings, detector: FaceDetector, stages: StageTimes
 ) -> dict[str, float]:
     """The pipeline's steps over `blobs` in batches of `settings.batch_size`; adds to `stages`."""
-    config = net.config.replace(crop_mode=settings.crop_mode)
+    config = net.config.with_crop_mode(settings.crop_mode)
     scores = {}
     for start in range(0, len(blobs), settings.batch_size):
         chunk = blobs[start : start + settings.batch_size]

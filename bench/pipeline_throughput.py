@@ -106,7 +106,7 @@ def parse_args() -> argparse.Namespace:
         "--batch-size", type=int, default=CPU_BATCH, help=f"the pipeline's batch size (default {CPU_BATCH})"
     )
     parser.add_argument("--min-face-size", type=int, default=20)
-    parser.add_argument("--crop-mode", choices=("five", "center"), default="five")
+    parser.add_argument("--crop-mode", choices=("five", "center"), help="default: the bundle's own")
     parser.add_argument("--workdir", default=None, help="where the temporary input/output folders go")
     parser.add_argument("--out", type=Path, default=OUT_DIR / "pipeline_throughput.json")
     args = parser.parse_args()
@@ -209,7 +209,7 @@ def measure_set(
     copies = f"; pipeline runs: each photo {run.copies} times" if run.copies > 1 else ""
     print(f"\n== {run.name}: {len(run.paths)} photos ({run.size_note()}){copies}", flush=True)
     print(f"{'':34}{'in-process':>8}  {'ms/image: decode detect prepare predict':39} {'pipeline: run':>13} steady")
-    config = net.config.replace(crop_mode=defaults.crop_mode)
+    config = net.config.with_crop_mode(defaults.crop_mode)
     naive = naive_loop([run.photos / p.name for p in run.paths], net, config)
     print_row("naive loop", naive, None)
     document: dict[str, Any] = {"set": run.name, "photos": run.size_note(), "naive": naive.to_dict(), "ladder": []}
@@ -275,7 +275,10 @@ def main() -> None:
         shard_size=args.shard_size,
     )
     print(f"model {bundle_id} ({net.config.name}, {'trained' if info.trained else 'untrained'}); {cpus} CPUs; ")
-    print(f"pipeline settings: {defaults.label()}, crop mode {args.crop_mode}", flush=True)
+    print(
+        f"pipeline settings: {defaults.label()}, crop mode {net.config.with_crop_mode(args.crop_mode).crop_mode}",
+        flush=True,
+    )
     started = time.perf_counter()
     ensure_ray()
     ray_start = time.perf_counter() - started

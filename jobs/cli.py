@@ -59,7 +59,9 @@ def add_score_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--detect-size", type=int, default=640, help="longest side of the face-detection preview")
     parser.add_argument("--min-face-size", type=int, default=20, help="smallest face sought, in preview pixels")
-    parser.add_argument("--crop-mode", choices=("five", "center"), default="five")
+    parser.add_argument(
+        "--crop-mode", choices=("five", "center"), help="crops per branch (default: the bundle's own; dn-piqa: five)"
+    )
     parser.add_argument(
         "--precision", choices=("fp32", "bf16"), default="fp32", help="bf16: autocast (GPU, AVX512-BF16)"
     )

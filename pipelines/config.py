@@ -28,7 +28,7 @@ class ScoreConfig:
     min_face_size: int = 20  # in detection-preview pixels
     precision: Literal["fp32", "bf16"] = "fp32"
     compile: bool = False  # torch.compile the model in each scoring actor (GPU jobs; a compile per batch shape)
-    crop_mode: Literal["five", "center"] = "five"
+    crop_mode: Literal["five", "center"] | None = None  # None: the bundle's own
     max_pixels: int = DEFAULT_MAX_PIXELS
     decode: Literal["full", "draft"] = "draft"  # draft: JPEGs decoded only as finely as the model needs
 
@@ -47,7 +47,7 @@ class ScoreConfig:
             raise ValueError(f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
         if self.gpus_per_actor is not None and self.gpus_per_actor < 0:
             raise ValueError("gpus_per_actor must not be negative")
-        if self.crop_mode not in ("five", "center"):
+        if self.crop_mode not in (None, "five", "center"):
             raise ValueError(f"crop_mode must be 'five' or 'center', got {self.crop_mode!r}")
         if self.decode not in ("full", "draft"):
             raise ValueError(f"decode must be 'full' or 'draft', got {self.decode!r}")

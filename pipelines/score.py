@@ -79,7 +79,7 @@ def run_scoring(config: ScoreConfig) -> RunSummary:
     net, info, bundle_id = read_bundle_files(files)
     net.check_self_contained()
     warn_if_untrained(info)
-    model_config = net.config.replace(crop_mode=config.crop_mode)
+    model_config = net.config.with_crop_mode(config.crop_mode)
     if config.overwrite:
         _clear_outputs(config.output, storage)
     done = _finished_shards(config.output, storage)

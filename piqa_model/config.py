@@ -77,6 +77,10 @@ class ModelConfig:
         aux = self.aux_width if self.aux == "liqe" else 0
         return self.overall.feature_width + self.face.feature_width + aux
 
+    def with_crop_mode(self, crop_mode: CropMode | None) -> ModelConfig:
+        """This config scored with `crop_mode` (None: its own, as the bundle was trained and evaluated)."""
+        return self if crop_mode is None else self.replace(crop_mode=crop_mode)
+
     def replace(self, **changes: Any) -> ModelConfig:
         return dataclasses.replace(self, **changes)
 
