@@ -89,6 +89,7 @@ class Settings:
     crop_mode: str | None = None  # None: the bundle's own
     processes: int = 0  # 0: one process with all torch threads; N: N processes with one thread each
     shard_size: int = 16  # pipeline runs: images per virtual shard of the input folder
+    bundle: str | None = None  # pipeline runs: None, the default bundle
 
     def label(self) -> str:
         layout = "1 proc x all threads" if self.processes == 0 else f"{self.processes} procs x 1 thread"
@@ -115,6 +116,7 @@ class Settings:
             precision=self.precision,  # type: ignore[arg-type]
             crop_mode=self.crop_mode,  # type: ignore[arg-type]
             cpus_per_actor=cpus_per_actor,
+            bundle=self.bundle,
         )
 
 

@@ -72,6 +72,7 @@ from pipelines.layout import CPU_BATCH
 from pipelines.runtime import apply_local_hygiene, ensure_ray
 from piqa_model import read_bundle
 from piqa_model.bundle import UntrainedModelWarning, default_bundle_path
+from piqa_model.calibration import ScoreScale
 
 TARGETS = {
     "mixed: pipeline / naive": 2.0,
@@ -107,6 +108,7 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--min-face-size", type=int, default=20)
     parser.add_argument("--crop-mode", choices=("five", "center"), help="default: the bundle's own")
+    parser.add_argument("--bundle", help="model bundle (default: the shipped default bundle)")
     parser.add_argument("--workdir", default=None, help="where the temporary input/output folders go")
     parser.add_argument("--out", type=Path, default=OUT_DIR / "pipeline_throughput.json")
     args = parser.parse_args()
@@ -204,7 +206,13 @@ def print_row(name: str, loop: LoopResult | None, pipeline: PipelineRates | None
 
 
 def measure_set(
-    run: SetRun, net, defaults: Settings, cpus: int, ladder_steps: bool, bound_batch_sizes: list[int]
+    run: SetRun,
+    net,
+    scale: ScoreScale | None,
+    defaults: Settings,
+    cpus: int,
+    ladder_steps: bool,
+    bound_batch_sizes: list[int],
 ) -> dict[str, Any]:
     copies = f"; pipeline runs: each photo {run.copies} times" if run.copies > 1 else ""
     print(f"\n== {run.name}: {len(run.paths)} photos ({run.size_note()}){copies}", flush=True)
@@ -247,7 +255,8 @@ def measure_set(
         "pipeline / one-process bound (issue 3's bound): run {run_over_one_process_bound:.2f}x, "
         "steady {steady_over_one_process_bound:.2f}x".format(**ratios)
     )
-    diff = max_abs_diff(pipeline.scores, run.in_process(defaults, net).scores)
+    raw = run.in_process(defaults, net).scores  # the network's outputs; the pipeline writes them on the bundle's scale
+    diff = max_abs_diff(pipeline.scores, raw if scale is None else {k: float(scale.apply(v)) for k, v in raw.items()})
     print(f"same work: max |pipeline - in-process| score {diff:.1e} (same settings)")
     if pipeline.counts.get("ok", 0) != len(run.paths) * run.copies:
         raise SystemExit(f"{run.name}: expected {len(run.paths) * run.copies} ok rows, got {pipeline.counts}")
@@ -263,7 +272,7 @@ def measure_set(
 def main() -> None:
     args = parse_args()
     warnings.simplefilter("ignore", UntrainedModelWarning)
-    bundle = default_bundle_path()
+    bundle = args.bundle or default_bundle_path()
     net, info, bundle_id = read_bundle(bundle)
     cpus = os.cpu_count() or 1
     defaults = Settings(
@@ -273,6 +282,7 @@ def main() -> None:
         crop_mode=args.crop_mode,
         processes=cpus,
         shard_size=args.shard_size,
+        bundle=str(bundle),
     )
     print(f"model {bundle_id} ({net.config.name}, {'trained' if info.trained else 'untrained'}); {cpus} CPUs; ")
     print(
@@ -292,7 +302,7 @@ def main() -> None:
             copies = args.copies or math.ceil(args.pipeline_images / len(paths))
             run = SetRun(name, paths, workdir, bundle, copies)
             ladder_steps = args.ladder and name != "mixed"  # mixed: issue 3's headline set, no ladder
-            results.append(measure_set(run, net, defaults, cpus, ladder_steps, args.bound_batch_sizes))
+            results.append(measure_set(run, net, info.scale, defaults, cpus, ladder_steps, args.bound_batch_sizes))
         cluster = ray.cluster_resources()
     finally:
         ray.shutdown()

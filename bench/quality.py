@@ -30,6 +30,7 @@ from harness import DATA, OUT_DIR, REPO, write_results
 from independent_degradations import series as independent_series
 from PIL import Image
 
+from piqa_model.bundle import bundle_files, default_bundle_path, read_bundle_files
 from piqa_model.images import open_image
 from training.config import TrainConfig
 from training.degrade import degraded_versions, downscale
@@ -91,6 +92,21 @@ def brisque_scores(python: str, paths: list[str], out: Path) -> dict[str, float 
     return json.loads(result.read_text())
 
 
+def cached(path: Path, paths: list[str], compute) -> dict[str, float | None]:
+    """Scores kept at `path` when they cover `paths` (the images are deterministic); else computed and kept."""
+    if path.exists():
+        kept = json.loads(path.read_text())
+        if set(paths) <= set(kept):
+            return kept
+    scores = compute()
+    path.write_text(json.dumps(scores))
+    return scores
+
+
+def bundle_id(bundle: str | None) -> str:
+    return read_bundle_files(bundle_files(bundle or default_bundle_path()))[2]
+
+
 def markdown(summaries: dict[str, dict[str, dict[str, float]]]) -> str:
     names = list(summaries)
     rows = sorted({(s, k) for summary in summaries.values() for s, kinds in summary.items() for k in kinds})
@@ -120,10 +136,13 @@ def main() -> None:
     print(f"{len(all_series)} series over {len(paths)} images", flush=True)
     summaries = {}
     for name, bundle in bundles.items():
-        summaries[name] = summarise(all_series, bundle_scores(bundle, paths))
+        kept = args.out / f"scores-{bundle_id(bundle)}.json"
+        summaries[name] = summarise(all_series, cached(kept, paths, lambda b=bundle: bundle_scores(b, paths)))
         print(f"scored with {name}", flush=True)
     if args.brisque:
-        summaries["BRISQUE"] = summarise(all_series, brisque_scores(args.brisque, paths, args.out))
+        kept = args.out / "scores-brisque.json"
+        scores = cached(kept, paths, lambda: brisque_scores(args.brisque, paths, args.out))
+        summaries["BRISQUE"] = summarise(all_series, scores)
     table = markdown(summaries)
     print(table)
     write_results(args.out / "quality.json", {"bundles": bundles, "summaries": summaries, "table": table})

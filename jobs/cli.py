@@ -117,6 +117,7 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from piqa_model import load_bundle
+    from piqa_model.calibration import describe_scale
 
     scorer = load_bundle(args.bundle)
     paths = [Path(p) for p in args.images]
@@ -125,10 +126,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
         row["image"] = str(path)
         if not path.is_file():
             row.update(status="read_error", error="file not found")
+    scale = describe_scale(scorer.info.scale)
     if args.json:
-        print(json.dumps({"model": scorer.bundle_id, "trained": scorer.trained, "results": rows}, indent=2))
+        document = {"model": scorer.bundle_id, "trained": scorer.trained, "score_scale": scale, "results": rows}
+        print(json.dumps(document, indent=2))
     else:
         _banner_if_untrained(scorer.trained, scorer.bundle_id)
+        print(f"scores: {scale}")
         for row in rows:
             score = f"{row['score']:8.4f}" if row["score"] is not None else "       -"
             detail = f"faces={row['num_faces']}" if row["status"] == "ok" else f"{row['status']}: {row['error']}"

@@ -62,6 +62,7 @@ def test_predict_prints_json_rows_with_the_starter_and_flags_an_untrained_bundle
     assert result.returncode == 1  # one input failed
     document = json.loads(result.stdout)
     assert document["trained"] is True and document["model"].startswith("starter-")
+    assert document["score_scale"].startswith("0-100, higher is better")  # the starter is calibrated
     ok, broken = document["results"]
     assert ok["status"] == "ok" and isinstance(ok["score"], float) and ok["num_faces"] == 1
     assert broken["status"] == "decode_error" and broken["score"] is None
@@ -75,6 +76,7 @@ def test_predict_prints_json_rows_with_the_starter_and_flags_an_untrained_bundle
     table = piqa("predict", str(images[0]), "--bundle", str(untrained), cache=tmp_path)
     assert table.returncode == 0
     assert "UNTRAINED" in table.stderr and "congress_A000014.jpg" in table.stdout
+    assert "scores: raw network output" in table.stdout  # a bundle without a scale says so
 
 
 def test_hub_initialisation_offline_is_a_clear_error():

@@ -21,7 +21,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from piqa_model.backbones.registry import Family, register_family
+from piqa_model.backbones.registry import Family, load_weights_strictly, register_family
 from piqa_model.backbones.timm_family import TimmConfig, create_headless
 from piqa_model.errors import ConfigError, WeightsError, WeightsUnavailableError
 
@@ -110,12 +110,7 @@ def load_pretrained(model: nn.Module, variant: str) -> None:
     weights = timm_state_dict(source, [len(stage) for stage in model.blocks])
     if not isinstance(model.classifier, nn.Linear):
         weights = {k: v for k, v in weights.items() if not k.startswith("classifier.")}
-    missing, unexpected = model.load_state_dict(weights, strict=False)
-    if missing or unexpected:
-        raise WeightsError(
-            f"EfficientNet-{variant} weights do not fit {type(model).__name__}: missing {sorted(missing)[:5]}, "
-            f"unexpected {sorted(unexpected)[:5]}"
-        )
+    load_weights_strictly(model, weights, f"EfficientNet-{variant}")
 
 
 def build_efficientnet_lite(config: EfficientNetLiteConfig, pretrained: bool = False) -> nn.Module:

@@ -8,7 +8,7 @@ from typing import Any, Protocol
 
 from torch import nn
 
-from piqa_model.errors import ConfigError
+from piqa_model.errors import ConfigError, WeightsError
 
 
 class BackboneConfig(Protocol):
@@ -58,6 +58,16 @@ def _family(name: str) -> Family:
 def backbone_config_from_dict(data: dict[str, Any]) -> Any:
     """A branch's config from its JSON form (`family` picks the type; none: a Swin, as written before families)."""
     return _family(str(data.get("family", DEFAULT_FAMILY))).from_dict(dict(data))
+
+
+def load_weights_strictly(model: nn.Module, weights: dict[str, Any], what: str) -> None:
+    """`model.load_state_dict(weights)` with every key accounted for, or a WeightsError naming a few that are not."""
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    if missing or unexpected:
+        raise WeightsError(
+            f"{what} weights do not fit the architecture: missing {sorted(missing)[:5]}, "
+            f"unexpected {sorted(unexpected)[:5]}"
+        )
 
 
 def build_backbone(config: BackboneConfig, pretrained: bool = False) -> nn.Module:

@@ -17,7 +17,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from piqa_model.backbones.registry import Family, register_family
+from piqa_model.backbones.registry import Family, load_weights_strictly, register_family
 from piqa_model.errors import ConfigError, WeightsError, WeightsUnavailableError
 
 
@@ -133,12 +133,7 @@ def load_swin_weights(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> 
 
     converted = checkpoint_filter_fn(dict(state_dict), model)
     converted = {k: v for k, v in converted.items() if not k.startswith("head.")}
-    missing, unexpected = model.load_state_dict(converted, strict=False)
-    if missing or unexpected:
-        raise WeightsError(
-            f"Swin weights do not fit the architecture: missing {sorted(missing)[:5]}, "
-            f"unexpected {sorted(unexpected)[:5]}"
-        )
+    load_weights_strictly(model, converted, "Swin")
 
 
 register_family(Family("swin", SwinConfig, build_swin, SwinConfig.from_dict))
