@@ -30,7 +30,7 @@ from pipelines.scoreset import (
     list_parquet,
     read_parquet_files,
     read_score_set,
-    scored_by_trained_model,
+    scoring_manifest,
 )
 from pipelines.storage import Storage
 
@@ -97,8 +97,8 @@ def run_filter(config: FilterJobConfig) -> FilterOutcome:
             source_format=config.source_format,
         )
         written.append(_join(config.output, REPORT_FILE))
-        trained = scored_by_trained_model(config.scores, storage)
-        write_report(written[-1], build_report(decided, storage, report, config.scores, trained), storage)
+        scoring = scoring_manifest(config.scores, storage)
+        write_report(written[-1], build_report(decided, storage, report, config.scores, scoring), storage)
     resharded = None
     if config.reshard:
         resharded = reshard(kept, config.reshard, storage, config.source_format)

@@ -29,8 +29,9 @@ from PIL import Image, ImageDraw  # noqa: E402
 
 from pipelines.fetch import SourceFormat, fetch_records  # noqa: E402
 from pipelines.filtering import DECIDED_BY, KEPT, NULL_GROUP, RULES  # noqa: E402
-from pipelines.scoreset import list_parquet, read_score_set, scored_by_trained_model  # noqa: E402
+from pipelines.scoreset import list_parquet, read_score_set, scoring_manifest  # noqa: E402
 from pipelines.storage import Storage  # noqa: E402
+from piqa_model.calibration import RAW_SCALE  # noqa: E402
 from piqa_model.images import open_image  # noqa: E402
 
 PERCENTILES = (("lowest", 0.0), ("10 %", 0.1), ("median", 0.5), ("90 %", 0.9), ("highest", 1.0))
@@ -52,11 +53,12 @@ class ReportConfig:
 
 
 def build_report(
-    table: pa.Table, storage: Storage, config: ReportConfig, scores_uri: str, model_trained: bool = True
+    table: pa.Table, storage: Storage, config: ReportConfig, scores_uri: str, manifest: dict[str, Any]
 ) -> str:
     """The HTML page for a score table (with a `decided_by` column: a filter report, kept vs dropped).
 
-    `model_trained=False` puts a warning on top: scores of random weights must not curate anything.
+    `manifest` is the scoring run's (`scoring_manifest`): an untrained model puts a warning on top (scores of
+    random weights must not curate anything), and the page says which scale the scores are on.
     """
     if config.group not in table.column_names or pa.types.is_nested(table.schema.field(config.group).type):
         columns = ", ".join(
@@ -67,8 +69,9 @@ def build_report(
     scored = table.filter(pc.is_valid(table["score"]))
     sections = [
         f"<h1>{_text(config.title)}</h1>",
-        "" if model_trained else _UNTRAINED,
+        "" if manifest.get("model_trained", True) else _UNTRAINED,
         _headline(table, scores_uri, filtered),
+        f'<p id="scale">scores: {_text(manifest.get("score_scale", RAW_SCALE))}</p>',
         "<h2>Score distribution</h2>",
         f'<img id="histogram" alt="score histogram" src="{_data_uri(_histogram_png(scored, filtered), "image/png")}">',
         "<h2>Examples at score percentiles</h2>",
@@ -94,8 +97,8 @@ def write_report(uri: str, page: str, storage: Storage) -> None:
 def report_score_set(scores_uri: str, output_uri: str, config: ReportConfig, storage: Storage) -> pa.Table:
     """Read the score set at `scores_uri`, write its page to `output_uri`; returns the scores it read."""
     table = read_score_set(scores_uri, list_parquet(scores_uri, storage), storage)
-    trained = scored_by_trained_model(scores_uri, storage)
-    write_report(output_uri, build_report(table, storage, config, scores_uri, trained), storage)
+    manifest = scoring_manifest(scores_uri, storage)
+    write_report(output_uri, build_report(table, storage, config, scores_uri, manifest), storage)
     return table
 
 

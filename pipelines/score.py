@@ -181,14 +181,6 @@ def _clear_outputs(output: str, storage: Storage) -> None:
         fs.rm_file(path)
 
 
-def scoring_manifest(output: str, storage: Storage | None = None) -> dict[str, Any]:
-    """The `_manifest.json` a finished run wrote into `output` ({} when there is none yet)."""
-    storage = storage or Storage.from_environment()
-    fs, root = storage.filesystem(output)
-    path = posixpath.join(root.rstrip("/"), MANIFEST)
-    return json.loads(fs.cat_file(path)) if fs.exists(path) else {}
-
-
 def _write_manifest(config: ScoreConfig, summary: RunSummary, storage: Storage) -> None:
     document: dict[str, Any] = {
         "input": config.input,

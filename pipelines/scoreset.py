@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import json
 import posixpath
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -98,19 +99,19 @@ def _read_batch(batch: pa.Table, *, storage: Storage) -> pa.Table:
     return pa.table({"batch": [row["batch"]], "table": [buffer.getvalue()]})
 
 
-def scored_by_trained_model(uri: str, storage: Storage) -> bool:
-    """False when the last scoring run into `uri` says its model was untrained (random weights).
-
-    `piqa score` records that in `_manifest.json`; a score set without one is given the benefit of the doubt.
-    """
+def scoring_manifest(uri: str, storage: Storage) -> dict[str, Any]:
+    """The `_manifest.json` the last `piqa score` run into `uri` wrote: its model (`model_trained`: False for
+    random weights) and its `score_scale`. {} when there is none, or it is not ours: a score set without one is
+    given the benefit of the doubt (trained, raw scale)."""
     fs, root = storage.filesystem(uri)
     path = posixpath.join(root, MANIFEST)
     if not fs.isfile(path):
-        return True
+        return {}
     try:
-        return bool(json.loads(fs.cat_file(path)).get("model_trained", True))
+        document = json.loads(fs.cat_file(path))
     except ValueError:  # not JSON: not a manifest of ours
-        return True
+        return {}
+    return document if isinstance(document, dict) else {}
 
 
 def join_column(scores: pa.Table, metadata: pa.Table, column: str, key: str = "key") -> pa.Table:

@@ -133,6 +133,7 @@ def test_report_page_in_chromium(chromium, scored_folder, tmp_path, capsys):
     assert len(dom.find("tr", inside="statuses")) == 1 + 4  # ok, decode_error, too_large, unsupported
     assert not [img for img in dom.find("img") if not img["src"].startswith("data:")], "the page must not fetch"
     assert not dom.find("p", id="untrained"), "the shipped starter model is trained: no warning box"
+    assert dom.find("p", id="scale") and "scores: 0-100, higher is better" in page.read_text()  # calibrated
 
 
 def test_filter_report_shows_kept_and_dropped(chromium, scored_folder, tmp_path):
