@@ -141,17 +141,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    import pyarrow.dataset as pads
-
-    from pipelines.scoreset import scoring_manifest
+    from pipelines.scoreset import list_parquet, read_score_set, scoring_manifest
     from pipelines.storage import Storage
     from piqa_model.calibration import RAW_SCALE
 
-    table = pads.dataset(args.scores, format="parquet", exclude_invalid_files=True).to_table(
-        columns=["key", "status", "score", "num_faces"]
-    )
+    storage = Storage.from_environment()
+    table = read_score_set(args.scores, list_parquet(args.scores, storage), storage)
+    table = table.select(["key", "status", "score", "num_faces"])
     rows = sorted(table.to_pylist(), key=lambda r: (r["score"] is None, -(r["score"] or 0.0)))
-    print(f"scores: {scoring_manifest(args.scores, Storage.from_environment()).get('score_scale', RAW_SCALE)}")
+    print(f"scores: {scoring_manifest(args.scores, storage).get('score_scale', RAW_SCALE)}")
     print(f"{'score':>8}  {'faces':>5}  {'status':<13} key")
     for row in rows[: args.limit]:
         score = f"{row['score']:8.4f}" if row["score"] is not None else "       -"

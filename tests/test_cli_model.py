@@ -85,3 +85,26 @@ def test_hub_initialisation_offline_is_a_clear_error():
         build_swin(SMALL_SWIN.__class__(), pretrained=True)
     with pytest.raises(piqa_model.WeightsUnavailableError, match="Offline"):
         LiqeBranch.from_pretrained_clip(TINY_LIQE.__class__())
+
+
+def test_show_names_the_score_scale_and_a_missing_folder_is_one_line(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    scores = tmp_path / "scores"
+    scores.mkdir()
+    rows = [
+        {"key": "a", "source": "a.jpg", "shard": "s", "status": "ok", "score": 71.5, "num_faces": 1},
+        {"key": "b", "source": "b.jpg", "shard": "s", "status": "decode_error", "score": None, "num_faces": None},
+    ]
+    pq.write_table(pa.Table.from_pylist(rows), scores / "s.parquet")
+    (scores / "_manifest.json").write_text(json.dumps({"score_scale": "0-100, higher is better: a test"}))
+    shown = piqa("show", str(scores), cache=tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    lines = shown.stdout.splitlines()
+    assert lines[0] == "scores: 0-100, higher is better: a test"
+    assert lines[2].split() == ["71.5000", "1", "ok", "a"] and lines[3].split()[-2:] == ["decode_error", "b"]
+
+    missing = piqa("show", str(tmp_path / "nowhere"), cache=tmp_path)
+    assert missing.returncode == 1 and missing.stdout == ""
+    assert missing.stderr.count("\n") == 1 and "does not exist" in missing.stderr, missing.stderr
