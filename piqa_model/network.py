@@ -70,8 +70,9 @@ class DualBranchNet(nn.Module):
     def device(self) -> torch.device:
         return self.overall_mean.device
 
-    def normalise(self, crops_u8: torch.Tensor, branch: Branch) -> torch.Tensor:
-        """uint8 crops [N, 3, H, W] -> float crops normalised as `branch`'s backbone expects."""
+    def normalise(self, crops_u8: torch.Tensor, branch: Branch = "overall") -> torch.Tensor:
+        """uint8 crops [N, 3, H, W] -> float crops normalised as `branch`'s backbone expects (the paper's two Swin
+        branches normalise alike, so code written for them may leave `branch` out)."""
         mean, std = getattr(self, f"{branch}_mean"), getattr(self, f"{branch}_std")
         return (crops_u8.to(mean.dtype) / 255.0 - mean) / std
 

@@ -39,9 +39,7 @@ def test_import_dnpiqa_command_then_load_bundle_reproduces_the_fixture(reference
     liqe_io = torch.load(reference_dir / "liqe_tiny_io.pt", weights_only=True)
     net = scorer.net
     with torch.no_grad():
-        scores = net.forward_crops(
-            net.normalise(io["overall_crops_u8"], "overall"), net.normalise(io["face_crops_u8"], "face"), io["aux"]
-        )
+        scores = net.forward_crops(net.normalise(io["overall_crops_u8"]), net.normalise(io["face_crops_u8"]), io["aux"])
         aux = net.aux_features(liqe_io["image_u8"])
     torch.testing.assert_close(scores, io["per_crop_scores"], atol=1e-4, rtol=0)
     torch.testing.assert_close(aux, liqe_io["aux"], atol=1e-4, rtol=0)

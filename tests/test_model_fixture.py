@@ -37,8 +37,8 @@ def net(reference_dir: Path) -> piqa_model.DualBranchNet:
 
 @torch.no_grad()
 def crop_scores(net, io, count=5, aux=True):
-    overall = net.normalise(io["overall_crops_u8"][:count], "overall")
-    face = net.normalise(io["face_crops_u8"][:count], "face")
+    overall = net.normalise(io["overall_crops_u8"][:count])
+    face = net.normalise(io["face_crops_u8"][:count])
     return net.forward_crops(overall, face, io["aux"][:count] if aux else None)
 
 

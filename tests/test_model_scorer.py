@@ -43,11 +43,31 @@ def mixed_rows(scorer, portrait_bytes) -> list[dict]:
 
 def test_default_bundle_is_the_shipped_starter_model(scorer):
     assert scorer.trained and scorer.info.name == "starter"
-    assert scorer.config == piqa_model.preset("small-224")
+    assert scorer.config == piqa_model.preset("lite0-352")
     files = list(bundle_module.SHIPPED_BUNDLE.iterdir())
-    assert sum(f.stat().st_size for f in files) <= 20_000_000
+    assert sum(f.stat().st_size for f in files) <= 30_000_000
     card = (bundle_module.SHIPPED_BUNDLE / "MODEL_CARD.md").read_text()
     assert "small starter model" in card and "piqa weights import-dnpiqa" in card and "| all groups |" in card
+    assert "## Score scale" in card and "## Held-out SRCC per fault kind" in card
+    assert scorer.info.scale is not None and "CLIVE validation split" in scorer.info.scale.fitted_on
+
+
+def test_the_starter_scores_on_its_0_to_100_scale_and_ranks_degraded_photos_lower(scorer, repo_root):
+    samples = repo_root / "samples" / "portraits"
+    pairs = [
+        (samples / f"degraded_{kind}_{name}", samples / name)
+        for kind, name in (
+            ("blur", "london_005_03.jpg"),
+            ("underexposure", "congress_D000616.jpg"),
+            ("noise", "congress_G000558.jpg"),
+            ("jpeg", "london_010_03.jpg"),
+        )
+    ]
+    rows = scorer.score([path.read_bytes() for pair in pairs for path in pair])
+    scores = [row["score"] for row in rows]
+    assert all(0.0 <= score <= 100.0 for score in scores)
+    for degraded, clean in zip(scores[::2], scores[1::2], strict=True):
+        assert degraded < clean - 5, scores
 
 
 def test_without_a_starter_the_default_is_a_reproducible_untrained_network(tmp_path, monkeypatch):
