@@ -8,6 +8,7 @@ images; OUT holds it negated, so that higher is better as for every other score 
 """
 
 import json
+import multiprocessing
 import sys
 import warnings
 from pathlib import Path
@@ -17,18 +18,20 @@ from brisque import BRISQUE
 from PIL import Image
 
 
+def score(path: str) -> float | None:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return -float(BRISQUE(url=False).score(np.asarray(Image.open(path).convert("RGB"))))
+    except Exception as exc:  # a failure is recorded, not fatal: BRISQUE fails on flat images
+        print(f"brisque failed on {path}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return None
+
+
 def main() -> None:
     paths = json.loads(Path(sys.argv[1]).read_text())
-    model = BRISQUE(url=False)
-    scores = {}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for path in paths:
-            try:
-                scores[path] = -float(model.score(np.asarray(Image.open(path).convert("RGB"))))
-            except Exception as exc:  # a failure is recorded, not fatal: BRISQUE fails on flat images
-                print(f"brisque failed on {path}: {type(exc).__name__}: {exc}", file=sys.stderr)
-                scores[path] = None
+    with multiprocessing.Pool() as pool:  # one process per core: BRISQUE is pure NumPy/SciPy
+        scores = dict(zip(paths, pool.map(score, paths, chunksize=16), strict=True))
     Path(sys.argv[2]).write_text(json.dumps(scores))
 
 

@@ -29,7 +29,7 @@ def _motion(image: Image.Image, level: int) -> Image.Image:
 
 
 def _noise(image: Image.Image, level: int) -> Image.Image:
-    photons = [60.0, 20.0, 7.0, 2.5][level - 1]  # photons per grey level: fewer is noisier
+    photons = [4.0, 1.5, 0.6, 0.25][level - 1]  # photons per grey level: std 6, 9, 15, 23 at mid-grey
     pixels = np.asarray(image, dtype=np.float64)
     rng = np.random.default_rng(level)
     return _image(rng.poisson(pixels * photons) / photons)

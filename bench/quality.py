@@ -93,14 +93,13 @@ def brisque_scores(python: str, paths: list[str], out: Path) -> dict[str, float 
 
 
 def cached(path: Path, paths: list[str], compute) -> dict[str, float | None]:
-    """Scores kept at `path` when they cover `paths` (the images are deterministic); else computed and kept."""
-    if path.exists():
-        kept = json.loads(path.read_text())
-        if set(paths) <= set(kept):
-            return kept
-    scores = compute()
-    path.write_text(json.dumps(scores))
-    return scores
+    """Scores kept at `path` (the images are deterministic), with `compute(missing)` run for the paths it lacks."""
+    kept = json.loads(path.read_text()) if path.exists() else {}
+    missing = [p for p in paths if p not in kept]
+    if missing:
+        kept.update(compute(missing))
+        path.write_text(json.dumps(kept))
+    return kept
 
 
 def bundle_id(bundle: str | None) -> str:
@@ -137,11 +136,12 @@ def main() -> None:
     summaries = {}
     for name, bundle in bundles.items():
         kept = args.out / f"scores-{bundle_id(bundle)}.json"
-        summaries[name] = summarise(all_series, cached(kept, paths, lambda b=bundle: bundle_scores(b, paths)))
+        scores = cached(kept, paths, lambda missing, b=bundle: bundle_scores(b, missing))
+        summaries[name] = summarise(all_series, scores)
         print(f"scored with {name}", flush=True)
     if args.brisque:
         kept = args.out / "scores-brisque.json"
-        scores = cached(kept, paths, lambda: brisque_scores(args.brisque, paths, args.out))
+        scores = cached(kept, paths, lambda missing: brisque_scores(args.brisque, missing, args.out))
         summaries["BRISQUE"] = summarise(all_series, scores)
     table = markdown(summaries)
     print(table)

@@ -67,6 +67,8 @@ def save_bundle(net: DualBranchNet, path: str | Path, info: BundleInfo, card: st
         document = {"model": net.config.to_dict(), "bundle": dataclasses.asdict(info)}
         (staging / CONFIG_FILE).write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
         (staging / CARD_FILE).write_text(card or _default_card(net.config, info))
+        for written in (staging, *staging.iterdir()):  # mkdtemp makes them owner-only: a bundle is for sharing
+            written.chmod(0o755 if written.is_dir() else 0o644)
         if path.exists():  # move the old bundle aside first: readers never see a half-written one
             retired = Path(tempfile.mkdtemp(prefix=f".{path.name}.old.", dir=path.parent))
             os.replace(path, retired / path.name)
@@ -120,8 +122,10 @@ def read_bundle_files(files: dict[str, bytes]) -> tuple[DualBranchNet, BundleInf
         raise WeightsError(
             f"bundle weights do not match its config: missing {missing[:5]}, unexpected {unexpected[:5]}"
         )
-    digest = hashlib.sha256(files[WEIGHTS_FILE]).hexdigest()[:12]
-    return net.eval(), info, f"{info.name}-{digest}"
+    digest = hashlib.sha256(files[WEIGHTS_FILE])
+    if info.score_scale is not None:  # the same weights on another scale give other scores: another id
+        digest.update(json.dumps(info.score_scale, sort_keys=True).encode())
+    return net.eval(), info, f"{info.name}-{digest.hexdigest()[:12]}"
 
 
 def cache_dir() -> Path:

@@ -46,7 +46,7 @@ class ScoreScale:
 
     @classmethod
     def fit(cls, raw: ArrayLike, mos: ArrayLike, fitted_on: str) -> ScoreScale:
-        params = logistic_parameters(raw, mos)
+        params = logistic_parameters(raw, mos, label_range=(0.0, 100.0))
         if params is None or not params[0] > params[1]:
             raise ConfigError(f"cannot fit an increasing score scale on {fitted_on}: do the scores follow the MOS?")
         return cls(*(float(p) for p in params), fitted_on=fitted_on)

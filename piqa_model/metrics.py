@@ -26,18 +26,29 @@ def logistic_4(x: ArrayLike, b1: float, b2: float, b3: float, b4: float) -> np.n
         return (b1 - b2) / (1 + np.exp(-(np.asarray(x, dtype=float) - b3) / abs(b4))) + b2
 
 
-def logistic_parameters(pred: ArrayLike, label: ArrayLike) -> np.ndarray | None:
+def logistic_parameters(
+    pred: ArrayLike, label: ArrayLike, label_range: tuple[float, float] | None = None
+) -> np.ndarray | None:
     """`logistic_4`'s (b1, b2, b3, b4) least-squares fitted to map `pred` onto `label`; None when it cannot be
-    fitted (fewer points than its 4 parameters, constant predictions, curve_fit not converging, non-finite)."""
+    fitted (fewer points than its 4 parameters, constant predictions, curve_fit not converging, non-finite).
+
+    `label_range` (low, high) keeps both asymptotes inside it, so that the curve bends within the label scale
+    instead of running straight past its ends.
+    """
     x, y = _pair(pred, label)
     if len(x) < 4 or np.ptp(x) == 0:
         return None
     p0 = [y.max(), y.min(), x.mean(), x.std() / 4]
+    bounds = (-np.inf, np.inf)
+    if label_range is not None:
+        low, high = label_range
+        bounds = ([low, low, -np.inf, 1e-9], [high, high, np.inf, np.inf])
+        p0 = [min(max(p0[0], low), high), min(max(p0[1], low), high), p0[2], max(p0[3], 1e-6)]
     try:
         with warnings.catch_warnings():
             # Only the fitted values are used, so an unestimable covariance does not matter.
             warnings.simplefilter("ignore", optimize.OptimizeWarning)
-            params, _ = optimize.curve_fit(logistic_4, x, y, p0=p0, maxfev=10000)
+            params, _ = optimize.curve_fit(logistic_4, x, y, p0=p0, bounds=bounds, maxfev=10000)
     except RuntimeError:
         return None
     return params if np.all(np.isfinite(logistic_4(x, *params))) else None
