@@ -1,6 +1,6 @@
 """Write the demo's visibly bad portraits: sample photos degraded by the project's own generator.
 
-    python -m training.samples      # (re)writes samples/portraits/degraded_*.jpg; `make demo-samples`
+python -m training.samples      # (re)writes samples/portraits/degraded_*.jpg; `make demo-samples`
 """
 
 from __future__ import annotations
