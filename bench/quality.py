@@ -80,9 +80,12 @@ def independent_sets(generator: list[Series], out: Path, piq23_photos: int) -> l
 
 
 def _save(image: Image.Image, path: Path) -> None:
+    """Write once, atomically: an interrupted run leaves no truncated image for the next one to reuse."""
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        image.save(path, compress_level=1)
+        partial = path.with_suffix(".partial.png")
+        image.save(partial, compress_level=1)
+        partial.replace(path)
 
 
 def brisque_scores(python: str, paths: list[str], out: Path) -> dict[str, float | None]:
