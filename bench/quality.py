@@ -30,7 +30,7 @@ from harness import DATA, OUT_DIR, REPO, write_results
 from independent_degradations import series as independent_series
 from PIL import Image
 
-from piqa_model.bundle import bundle_files, default_bundle_path, read_bundle_files
+from piqa_model.bundle import bundle_files, bundle_id, default_bundle_path, read_bundle_config
 from piqa_model.images import open_image
 from training.config import TrainConfig
 from training.degrade import degraded_versions, downscale
@@ -105,8 +105,9 @@ def cached(path: Path, paths: list[str], compute) -> dict[str, float | None]:
     return kept
 
 
-def bundle_id(bundle: str | None) -> str:
-    return read_bundle_files(bundle_files(bundle or default_bundle_path()))[2]
+def scored_id(bundle: str | None) -> str:
+    files = bundle_files(bundle or default_bundle_path())
+    return bundle_id(files, read_bundle_config(files)[1])
 
 
 def markdown(summaries: dict[str, dict[str, dict[str, float]]]) -> str:
@@ -138,7 +139,7 @@ def main() -> None:
     print(f"{len(all_series)} series over {len(paths)} images", flush=True)
     summaries = {}
     for name, bundle in bundles.items():
-        kept = args.out / f"scores-{bundle_id(bundle)}.json"
+        kept = args.out / f"scores-{scored_id(bundle)}.json"
         scores = cached(kept, paths, lambda missing, b=bundle: bundle_scores(b, missing))
         summaries[name] = summarise(all_series, scores)
         print(f"scored with {name}", flush=True)

@@ -122,10 +122,16 @@ def read_bundle_files(files: dict[str, bytes]) -> tuple[DualBranchNet, BundleInf
         raise WeightsError(
             f"bundle weights do not match its config: missing {missing[:5]}, unexpected {unexpected[:5]}"
         )
+    return net.eval(), info, bundle_id(files, info)
+
+
+def bundle_id(files: dict[str, bytes], info: BundleInfo) -> str:
+    """The bundle's name and a hash of its weights (and of its score scale: the same weights on another scale give
+    other scores), without building the network."""
     digest = hashlib.sha256(files[WEIGHTS_FILE])
-    if info.score_scale is not None:  # the same weights on another scale give other scores: another id
+    if info.score_scale is not None:
         digest.update(json.dumps(info.score_scale, sort_keys=True).encode())
-    return net.eval(), info, f"{info.name}-{digest.hexdigest()[:12]}"
+    return f"{info.name}-{digest.hexdigest()[:12]}"
 
 
 def cache_dir() -> Path:
