@@ -34,17 +34,19 @@ def checkpoints(storage: Path) -> list[Path]:
     return sorted(storage.glob("retrain-*/checkpoint_*/state.pt"))
 
 
-def registered_checkpoints(storage: Path) -> int:
+def registered_checkpoints(storage: Path) -> list[Path]:
     """Checkpoints that Ray Train's controller has registered (its snapshot beside them): the ones a restarted
     worker group or a resubmitted job resumes from. A checkpoint on disk may not be one yet: on a busy machine the
-    controller lagged two epochs behind, and a worker killed then restarted from scratch."""
-    count = 0
+    controller lagged two epochs behind, and a worker killed then restarted from scratch; a driver killed while
+    the controller copied a checkpoint leaves a partial directory that nothing resumes from."""
+    registered = []
     for snapshot in storage.glob("retrain-*/checkpoint_manager_snapshot.json"):
         try:
-            count += len(json.loads(snapshot.read_text())["checkpoint_results"])
+            results = json.loads(snapshot.read_text())["checkpoint_results"]
         except (OSError, ValueError, KeyError):  # being rewritten: ask again
             continue
-    return count
+        registered += [snapshot.parent / result["checkpoint_dir_name"] for result in results]
+    return sorted(registered)
 
 
 @pytest.mark.usefixtures("ray_local")
@@ -85,7 +87,7 @@ def test_killed_worker_restarts_from_the_last_checkpoint(tiny_data, tmp_path):
 
     def kill_a_worker() -> None:
         deadline = time.time() + 300
-        while registered_checkpoints(tmp_path / "runs") < 1 and time.time() < deadline:
+        while not registered_checkpoints(tmp_path / "runs") and time.time() < deadline:
             time.sleep(0.2)
         for process in psutil.Process().children(recursive=True):  # this test's Ray cluster only
             if "RayTrainWorker" in " ".join(process.cmdline()):
@@ -113,10 +115,10 @@ def test_killed_job_resumes_from_its_last_checkpoint(tiny_data, tmp_path, repo_r
     env = dict(os.environ, RAY_ADDRESS="local")
 
     def registered() -> bool:  # the checkpoint a resubmission resumes from
-        return registered_checkpoints(tmp_path / "runs") >= 1
+        return bool(registered_checkpoints(tmp_path / "runs"))
 
     kill_driver_when(command, repo_root, env, registered, 300, "a registered checkpoint")
-    assert load_state(str(checkpoints(tmp_path / "runs")[-1].parent))["epoch"] < epochs, "the kill should land mid-run"
+    assert load_state(str(registered_checkpoints(tmp_path / "runs")[-1]))["epoch"] < epochs, "the kill should land mid-run"
 
     rerun = subprocess.run(command, cwd=repo_root, env=env, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
