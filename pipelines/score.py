@@ -15,6 +15,7 @@ from ray.data import ActorPoolStrategy
 from pipelines.config import ScoreConfig
 from pipelines.layout import READ_TASK_CPUS, plan_layout
 from pipelines.readers import read_shards, read_units
+from pipelines.resume import JOB_RECORD, JobRecord, continue_job
 from pipelines.runtime import ensure_ray
 from pipelines.shards import Shard, list_shards
 from pipelines.stages import Prepare, PrepareAndScore, Score
@@ -69,7 +70,7 @@ def run_scoring(config: ScoreConfig) -> RunSummary:
     """Score every unfinished shard of `config.input` into `config.output`; see the package docs.
 
     Fails before any work (StorageError, WeightsError) on a missing input, an unwritable output or
-    an unreadable bundle.
+    an unreadable bundle, and (OutputMismatchError) on an output that holds another job's rows.
     """
     started = time.time()
     storage = Storage.from_environment(config.s3_endpoint)
@@ -83,6 +84,7 @@ def run_scoring(config: ScoreConfig) -> RunSummary:
     if config.overwrite:
         _clear_outputs(config.output, storage)
     done = _finished_shards(config.output, storage)
+    continue_job(config.output, storage, JobRecord.describe(config, shards, bundle_id, model_config), done)
     todo = [shard for shard in shards if shard.shard_id not in done]
 
     committer = ShardCommitter(config.output, storage, with_liqe=model_config.aux == "liqe")
@@ -177,7 +179,8 @@ def _finished_shards(output: str, storage: Storage) -> set[str]:
 
 def _clear_outputs(output: str, storage: Storage) -> None:
     fs, root = storage.filesystem(output)
-    for path in fs.glob(posixpath.join(root, "*.parquet")) + fs.glob(posixpath.join(root, MANIFEST)):
+    records = [posixpath.join(root, name) for name in (MANIFEST, JOB_RECORD)]
+    for path in fs.glob(posixpath.join(root, "*.parquet")) + [p for p in records if fs.exists(p)]:
         fs.rm_file(path)
 
 

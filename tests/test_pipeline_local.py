@@ -12,6 +12,8 @@ from corpus import folder_corpus, parquet_corpus, tar_corpus
 from pipeline_helpers import assert_rows_match, read_scores, score
 
 import piqa_model
+from jobs.cli import run
+from pipelines.resume import OutputMismatchError
 from pipelines.storage import StorageError
 
 pytestmark = pytest.mark.usefixtures("ray_local")
@@ -62,6 +64,27 @@ def test_rerun_resumes_and_overwrite_starts_over(shared_dir, tmp_path):
 
     third = score(corpus.root, out, shard_size=4, overwrite=True)
     assert third.shards_written == first.shards_written and third.shards_skipped == 0
+    assert_rows_match(read_scores(out), corpus.expected)
+
+
+def test_a_rerun_of_another_job_is_refused_and_changes_nothing(shared_dir, tmp_path, capsys):
+    corpus = folder_corpus(shared_dir, tmp_path / "in", count=2)
+    out = tmp_path / "out"
+    score(corpus.root, out, shard_size=4)
+    stamps = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    other = piqa_model.save_bundle(
+        piqa_model.DualBranchNet(piqa_model.preset("small")), tmp_path / "other", piqa_model.BundleInfo("other", trained=True)
+    )
+
+    with pytest.raises(OutputMismatchError, match="shard_size 4 -> 3"):  # would score an image twice
+        score(corpus.root, out, shard_size=3)
+    with pytest.raises(OutputMismatchError, match=r"model starter-\w+ -> other-"):  # would keep the old scores
+        score(corpus.root, out, shard_size=4, bundle=str(other))
+    assert run(["score", str(corpus.root), "--out", str(out), "--shard-size", "3", "--crop-mode", "center"]) == 1
+    error = capsys.readouterr().err.strip()
+    assert "\n" not in error and "shard_size 4 -> 3" in error and "--overwrite" in error
+
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == stamps
     assert_rows_match(read_scores(out), corpus.expected)
 
 

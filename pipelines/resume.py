@@ -1,0 +1,114 @@
+"""What makes an output's rows what they are, so that a rerun resumes the same job and never mixes two.
+
+`piqa score` writes `_job.json` into its output before it scores anything: the input, the bundle's id, every
+setting that changes a row, and each shard's members. A rerun into the same output resumes only when all of
+these match for the shards already written; otherwise it is refused with one line that names what differs
+(a shard written with other settings, or a folder re-sharded so that an image lands in two shards, would
+otherwise sit beside the new rows). Settings that change only speed (actors, batch size, compile) may differ.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import posixpath
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from pipelines.config import ScoreConfig
+from pipelines.shards import Shard
+from pipelines.storage import Storage
+from piqa_model import ModelConfig
+
+JOB_RECORD = "_job.json"
+
+
+class OutputMismatchError(ValueError):
+    """The output holds rows of another job (other input, model, settings or shard layout)."""
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    input: str
+    model: str  # the bundle id (a hash of its weights and score scale)
+    settings: dict[str, Any]  # every setting that changes a row
+    shards: dict[str, str] = field(default_factory=dict)  # shard id -> digest of its members
+
+    @classmethod
+    def describe(cls, config: ScoreConfig, shards: list[Shard], model: str, model_config: ModelConfig) -> JobRecord:
+        settings = {
+            "crop_mode": model_config.crop_mode,
+            "decode": config.decode,
+            "detect_size": config.detect_size,
+            "min_face_size": config.min_face_size,
+            "max_pixels": config.max_pixels,
+            "precision": config.precision,
+        }
+        if any(shard.kind == "files" for shard in shards):
+            settings["shard_size"] = config.shard_size
+        if any(shard.kind == "parquet" for shard in shards):
+            settings |= {"image_column": config.image_column, "key_column": config.key_column}
+        return cls(_normalised_input(config.input), model, settings, {s.shard_id: _members_digest(s) for s in shards})
+
+    def differences(self, current: JobRecord, written: set[str]) -> list[str]:
+        """What stops `current` from continuing this job, given the shards already `written`."""
+        found = [f"input {self.input} -> {current.input}"] if self.input != current.input else []
+        if self.model != current.model:
+            found.append(f"model {self.model} -> {current.model}")
+        for name in sorted(set(self.settings) | set(current.settings)):
+            before, after = self.settings.get(name), current.settings.get(name)
+            if before != after:
+                found.append(f"{name} {before} -> {after}")
+        if found:
+            return found
+        gone = sorted(s for s in written if s not in current.shards)
+        changed = sorted(s for s in written if s in current.shards and self.shards.get(s) != current.shards[s])
+        if changed:
+            found.append(f"the input's files changed: shard {_few(changed)} would now hold other images")
+        if gone:
+            found.append(f"shard {_few(gone)} is no longer in the input")
+        return found
+
+
+def continue_job(output: str, storage: Storage, current: JobRecord, written: set[str]) -> None:
+    """Record `current` in `output`, or raise OutputMismatchError when the rows already there are another job's."""
+    uri = posixpath.join(output.rstrip("/"), JOB_RECORD)
+    recorded = _read(uri, storage)
+    if recorded is None and written:
+        raise OutputMismatchError(
+            f"{output} holds {len(written)} scored shards but no {JOB_RECORD} to say how they were made "
+            "(an older version, or another tool, wrote them); rerun with --overwrite, or choose a new --out"
+        )
+    if recorded is not None:
+        differences = recorded.differences(current, written)
+        if differences:
+            raise OutputMismatchError(
+                f"{output} holds rows of another job ({'; '.join(differences)}); rerun with --overwrite to start "
+                "over, or choose a new --out"
+            )
+    if recorded != current:
+        storage.write_atomic(uri, json.dumps(asdict(current), indent=2, sort_keys=True).encode())
+
+
+def _read(uri: str, storage: Storage) -> JobRecord | None:
+    fs, path = storage.filesystem(uri)
+    if not fs.exists(path):
+        return None
+    try:
+        return JobRecord(**json.loads(storage.read_bytes(uri)))
+    except (ValueError, TypeError) as exc:
+        raise OutputMismatchError(f"{uri} is not a job record ({exc}); rerun with --overwrite") from None
+
+
+def _normalised_input(uri: str) -> str:
+    return uri.rstrip("/") if "://" in uri else os.path.abspath(uri)
+
+
+def _members_digest(shard: Shard) -> str:
+    members = shard.files or (shard.source,)
+    return hashlib.sha256("\n".join(members).encode()).hexdigest()[:16]
+
+
+def _few(names: list[str]) -> str:
+    return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
