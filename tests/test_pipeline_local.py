@@ -72,9 +72,8 @@ def test_a_rerun_of_another_job_is_refused_and_changes_nothing(shared_dir, tmp_p
     out = tmp_path / "out"
     score(corpus.root, out, shard_size=4)
     stamps = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
-    other = piqa_model.save_bundle(
-        piqa_model.DualBranchNet(piqa_model.preset("small")), tmp_path / "other", piqa_model.BundleInfo("other", trained=True)
-    )
+    net = piqa_model.DualBranchNet(piqa_model.preset("small"))
+    other = piqa_model.save_bundle(net, tmp_path / "other", piqa_model.BundleInfo("other", trained=True))
 
     with pytest.raises(OutputMismatchError, match="shard_size 4 -> 3"):  # would score an image twice
         score(corpus.root, out, shard_size=3)
