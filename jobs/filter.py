@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 from jobs.cli import Parser, job_parser, run
 from jobs.report import add_source_arguments, source_format_from_args
+from piqa_model.errors import STATUSES
 
 
 def _statuses(text: str) -> tuple[str, ...]:
@@ -24,21 +25,51 @@ def _statuses(text: str) -> tuple[str, ...]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("scores", help="the output folder/prefix of `piqa score` (local or s3://)")
     parser.add_argument("--out", required=True, help="folder/prefix for kept.parquet, summary.json, ...")
-    rules = parser.add_argument_group("rules (a row is kept when it passes all of them)")
-    rules.add_argument("--status", type=_statuses, default=("ok",), help="statuses to keep, comma-separated")
+    rules = parser.add_argument_group(
+        "rules (a row is kept when it passes all of them; they run in this order, and all but --status are off "
+        "unless given)"
+    )
+    rules.add_argument(
+        "--status",
+        type=_statuses,
+        default="ok",
+        metavar="S[,S...]",
+        help=f"statuses to keep, comma-separated, from {', '.join(STATUSES)} (default: %(default)s)",
+    )
     rules.add_argument("--require-face", action="store_true", help="keep only images with a detected face")
-    rules.add_argument("--min-face-prob", type=float, metavar="P", help="keep faces detected with probability >= P")
+    rules.add_argument(
+        "--min-face-prob",
+        type=float,
+        metavar="P",
+        help="keep images whose face the detector (MTCNN) is at least P sure of: portrait faces score 0.99-1, "
+        "false detections in photos without people mostly 0.7-0.98; 0.98 drops most of those (README, Curating)",
+    )
     rules.add_argument("--min-score", type=float, metavar="X", help="keep scores >= X")
-    rules.add_argument("--bottom-fraction", type=float, metavar="F", help="drop the worst round(F*n) of each group")
-    rules.add_argument("--top-fraction", type=float, metavar="F", help="keep the best round(F*n) of each group")
-    rules.add_argument("--per", metavar="COLUMN", help="group for the fractions and the summary (default: none)")
+    rules.add_argument(
+        "--bottom-fraction",
+        type=float,
+        metavar="F",
+        help="drop the worst round(F*n) of the n rows left (per --per group)",
+    )
+    rules.add_argument(
+        "--top-fraction", type=float, metavar="F", help="keep the best round(F*n) of the n rows left (per --per group)"
+    )
+    rules.add_argument(
+        "--per",
+        metavar="COLUMN",
+        help="count the fractions within each value of COLUMN (a score column, or one from --metadata such as "
+        "photographer) and break the summary down by it; shard suits tar/Parquet shards that each hold one "
+        "source, not folders (default: none: the fractions count all rows, the summary breaks down by shard)",
+    )
     rules.add_argument("--metadata", metavar="PARQUET", help="Parquet file/folder holding the --per column")
-    rules.add_argument("--metadata-key", default="key", help="the key column of --metadata")
+    rules.add_argument("--metadata-key", default="key", help="the key column of --metadata (default: %(default)s)")
     outputs = parser.add_argument_group("outputs")
     outputs.add_argument("--emit-dropped", action="store_true", help="also write dropped.parquet")
     outputs.add_argument("--report", action="store_true", help="also write report.html (kept vs dropped)")
     outputs.add_argument("--reshard-to", metavar="DIR", help="write the kept images into WebDataset tars here")
-    outputs.add_argument("--shard-size", type=int, default=1000, help="samples per resharded tar")
+    outputs.add_argument(
+        "--shard-size", type=int, default=1000, help="samples per resharded tar (default: %(default)s)"
+    )
     parser.add_argument(
         "--ray",
         action="store_true",

@@ -15,8 +15,8 @@ if TYPE_CHECKING:
 
 def add_source_arguments(parser: argparse.ArgumentParser) -> None:
     """How to reach and re-read the scored images (thumbnails, resharding): as given to `piqa score`."""
-    parser.add_argument("--image-column", default="jpg", help="image-bytes column of Parquet inputs")
-    parser.add_argument("--key-column", default="key", help="key column of Parquet inputs")
+    parser.add_argument("--image-column", default="jpg", help="image-bytes column of Parquet inputs (default: jpg)")
+    parser.add_argument("--key-column", default="key", help="key column of Parquet inputs (default: key)")
     parser.add_argument("--s3-endpoint", help="S3-compatible endpoint URL (default: $AWS_ENDPOINT_URL)")
 
 
@@ -29,8 +29,12 @@ def source_format_from_args(args: argparse.Namespace) -> SourceFormat:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("scores", help="the output folder/prefix of `piqa score` (local or s3://)")
     parser.add_argument("--out", required=True, help="the HTML file to write (local or s3://)")
-    parser.add_argument("--group", default="num_faces", help="column of the per-group table, e.g. liqe_scene")
-    parser.add_argument("--title", default="Portrait quality report", help="the page's title")
+    parser.add_argument(
+        "--group",
+        metavar="COLUMN",
+        help="a score column to tabulate first, e.g. liqe_scene (num_faces and shard always are)",
+    )
+    parser.add_argument("--title", default="Portrait quality report", help="the page's title (default: %(default)s)")
     add_source_arguments(parser)
 
 

@@ -3,9 +3,10 @@
 Score once, filter many times: the rules (`pipelines.filtering`) run on the Parquet scores alone, and only
 the optional resharding and the report's thumbnails read images again. Under `output` (a folder or
 prefix), each file committed atomically:
-- `kept.parquet`: the kept rows (key, source, score, the columns the rules used, decided_by);
-- `dropped.parquet` (`emit_dropped`): the other rows, same columns;
-- `summary.json`: the rules and their counts per rule and per group, scores before and after;
+- `kept.parquet`: the kept rows, as `pipelines.filtering.MANIFEST_SCHEMA` plus the scoring model in its metadata;
+- `dropped.parquet` (`emit_dropped`): the other rows, same schema;
+- `summary.json`: the scoring model, the rules, their counts per rule and per group (the `per` column, else
+  shard), scores before and after;
 - `report.html` (`report`): the score set's page, showing kept vs dropped (`pipelines.report`).
 Manifests and summary are deterministic: the same score files and rules give the same bytes, whichever
 reader (local or Ray Data) read them.
@@ -31,6 +32,7 @@ from pipelines.scoreset import (
     read_parquet_files,
     read_score_set,
     scoring_manifest,
+    scoring_model,
 )
 from pipelines.storage import Storage
 
@@ -79,12 +81,19 @@ def run_filter(config: FilterJobConfig) -> FilterOutcome:
         scores = join_column(scores, metadata, config.rules.per, config.metadata_key)
     decided = decide(scores, config.rules)
     summary = summarize(decided, config.rules)
-    kept = manifest(decided, config.rules, kept=True)
+    scoring = scoring_manifest(config.scores, storage)
+    model = scoring_model(scoring)
+    kept = manifest(decided, config.rules, model, kept=True)
 
     outputs = {KEPT_FILE: _parquet_bytes(kept)}
     if config.emit_dropped:
-        outputs[DROPPED_FILE] = _parquet_bytes(manifest(decided, config.rules, kept=False))
-    document = {"scores": config.scores, "metadata": config.metadata, "rules": config.rules.to_dict()}
+        outputs[DROPPED_FILE] = _parquet_bytes(manifest(decided, config.rules, model, kept=False))
+    document = {
+        "scores": config.scores,
+        "metadata": config.metadata,
+        "scoring": model,
+        "rules": config.rules.to_dict(),
+    }
     outputs[SUMMARY_FILE] = json.dumps(document | summary.to_dict(), indent=2, default=str).encode()
     written = []
     for name, payload in outputs.items():
@@ -93,11 +102,10 @@ def run_filter(config: FilterJobConfig) -> FilterOutcome:
     if config.report:
         report = ReportConfig(
             title="Portrait quality filter: kept vs dropped",
-            group=config.rules.per or ReportConfig.group,
+            group=config.rules.per,
             source_format=config.source_format,
         )
         written.append(_join(config.output, REPORT_FILE))
-        scoring = scoring_manifest(config.scores, storage)
         write_report(written[-1], build_report(decided, storage, report, config.scores, scoring), storage)
     resharded = None
     if config.reshard:

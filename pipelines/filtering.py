@@ -19,12 +19,15 @@ Exact semantics of the fraction rules:
 
 Thresholds compare the stored values (float32 scores, widened to float64); a null never passes one.
 `decide` returns rows in a canonical order (shard, key, source), so the same rows and rules give the same
-table whatever order the score files were read in.
+table whatever order the score files were read in. `manifest` cuts the kept or dropped rows to
+`MANIFEST_SCHEMA`, the same columns whatever the rules (README, "Manifests").
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,11 +35,32 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from piqa_model.errors import STATUSES
+
 RULES = ("status", "require_face", "min_face_prob", "min_score", "bottom_fraction", "top_fraction")
 KEPT = "kept"
 DECIDED_BY = "decided_by"
 CANONICAL_ORDER = [("shard", "ascending"), ("key", "ascending"), ("source", "ascending")]
-MANIFEST_BASE = ("key", "source", "score")
+GROUP = "group"
+# kept.parquet and dropped.parquet: the score columns the rules read, `group` (the row's --per value as
+# text, null without --per) and `decided_by`, whatever the rules.
+MANIFEST_SCHEMA = pa.schema(
+    [
+        ("key", pa.string()),
+        ("source", pa.string()),
+        ("shard", pa.string()),
+        ("status", pa.string()),
+        ("error", pa.string()),
+        ("score", pa.float32()),
+        ("num_faces", pa.int32()),
+        ("face_prob", pa.float32()),
+        ("model", pa.string()),
+        (GROUP, pa.string()),
+        (DECIDED_BY, pa.string()),
+    ]
+)
+SCORE_COLUMNS = tuple(name for name in MANIFEST_SCHEMA.names if name not in (GROUP, DECIDED_BY))
+SCORING_METADATA_KEY = "piqa.scoring"  # manifest metadata: JSON of the model that made the scores
 NULL_GROUP = "(null)"
 
 
@@ -59,6 +83,9 @@ class FilterConfig:
     def __post_init__(self) -> None:
         if not self.statuses:
             raise ValueError("statuses must name at least one status, e.g. ok")
+        unknown = [status for status in self.statuses if status not in STATUSES]
+        if unknown:
+            raise ValueError(f"unknown status(es) {', '.join(unknown)}; the statuses are {', '.join(STATUSES)}")
         for name in ("top_fraction", "bottom_fraction"):
             value = getattr(self, name)
             if value is not None and not 0.0 <= value <= 1.0:
@@ -69,14 +96,6 @@ class FilterConfig:
     @property
     def uses_fractions(self) -> bool:
         return self.top_fraction is not None or self.bottom_fraction is not None
-
-    def columns(self) -> list[str]:
-        """The score columns the rules read, beyond key, source and score."""
-        used = ["status"]
-        used += ["num_faces"] if self.require_face else []
-        used += ["face_prob"] if self.min_face_prob is not None else []
-        used += [self.per] if self.per else []
-        return list(dict.fromkeys(used))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -108,16 +127,23 @@ def decide(scores: pa.Table, config: FilterConfig) -> pa.Table:
     return table.append_column(DECIDED_BY, pa.array(labels, pa.string()))
 
 
-def manifest(decided: pa.Table, config: FilterConfig, kept: bool = True) -> pa.Table:
-    """The kept (or dropped) rows of a `decide` result: key, source, score, the columns the rules used, decided_by."""
-    columns = list(dict.fromkeys([*MANIFEST_BASE, *config.columns(), DECIDED_BY]))
+def manifest(decided: pa.Table, config: FilterConfig, scoring: Mapping[str, Any], kept: bool = True) -> pa.Table:
+    """The kept (or dropped) rows of a `decide` result as a `MANIFEST_SCHEMA` table.
+
+    `scoring` (the model that made the scores, `scoreset.scoring_model`) goes into the schema's metadata
+    under `SCORING_METADATA_KEY`, as JSON.
+    """
     is_kept = pc.equal(decided[DECIDED_BY], KEPT)
     rows = decided.filter(is_kept if kept else pc.invert(is_kept))
-    return rows.select(columns).replace_schema_metadata(None)
+    group = rows[config.per].cast(pa.string()) if config.per else pa.nulls(rows.num_rows, pa.string())
+    columns = {name: rows[name] for name in SCORE_COLUMNS} | {GROUP: group, DECIDED_BY: rows[DECIDED_BY]}
+    metadata = {SCORING_METADATA_KEY: json.dumps(dict(scoring), sort_keys=True)}
+    schema = MANIFEST_SCHEMA.with_metadata(metadata)
+    return pa.table([columns[field.name].cast(field.type) for field in MANIFEST_SCHEMA], schema=schema)
 
 
 def _check_columns(scores: pa.Table, config: FilterConfig) -> None:
-    needed = dict.fromkeys(["shard", *MANIFEST_BASE, *config.columns()])
+    needed = dict.fromkeys([*SCORE_COLUMNS, *([config.per] if config.per else [])])
     missing = [name for name in needed if name not in scores.column_names]
     if missing:
         columns = ", ".join(scores.column_names)
@@ -209,13 +235,18 @@ class GroupCounts:
 
 @dataclass(frozen=True)
 class FilterSummary:
-    """What a filter kept and dropped: per rule, per group, and the score distribution before and after."""
+    """What a filter kept and dropped: per rule, broken down by a column, and the scores before and after.
+
+    The breakdown is by the `per` column, else by shard; `fraction_scope` says which rows the fraction rules
+    counted together ("all rows", or "each <per> group"), None without fraction rules.
+    """
 
     rows: int
     kept: int
     by_rule: dict[str, int]  # decided_by -> rows, in rule order, `kept` last
-    group_column: str
-    groups: list[GroupCounts]
+    fraction_scope: str | None
+    breakdown_by: str
+    breakdown: list[GroupCounts]
     before: ScoreStats  # every row with a score
     after: ScoreStats  # the kept rows with a score
 
@@ -232,20 +263,23 @@ class FilterSummary:
             f"kept {self.kept} of {self.rows} rows ({self.dropped} dropped); decided by: {rules}",
             f"scores before: {self.before.line()}",
             f"scores after:  {self.after.line()}",
-            f"per {self.group_column}:",
+            f"breakdown by {self.breakdown_by}"
+            + (f" (fractions counted over {self.fraction_scope})" if self.fraction_scope else "")
+            + ":",
         ]
-        for counts in self.groups[:max_groups]:
+        for counts in self.breakdown[:max_groups]:
             dropped = ", ".join(f"{rule} {n}" for rule, n in counts.dropped_by.items()) or "none"
             group = NULL_GROUP if counts.group is None else counts.group
             lines.append(f"  {group}: {counts.rows} rows, kept {counts.kept}, dropped: {dropped}")
-        if len(self.groups) > max_groups:
-            lines.append(f"  ... {len(self.groups) - max_groups} more groups (see summary.json)")
+        if len(self.breakdown) > max_groups:
+            lines.append(f"  ... {len(self.breakdown) - max_groups} more groups (see summary.json)")
         return lines
 
 
 def summarize(decided: pa.Table, config: FilterConfig) -> FilterSummary:
-    """Counts of a `decide` result per rule and per group (the `per` column, else the shard)."""
+    """Counts of a `decide` result per rule and per value of the `per` column, else of the shard."""
     column = config.per or "shard"
+    scope = (f"each {config.per} group" if config.per else "all rows") if config.uses_fractions else None
     counts = (
         pa.table({"group": decided[column], "rule": decided[DECIDED_BY]})
         .group_by(["group", "rule"])
@@ -270,8 +304,9 @@ def summarize(decided: pa.Table, config: FilterConfig) -> FilterSummary:
         rows=decided.num_rows,
         kept=kept.num_rows,
         by_rule={rule: totals[rule] for rule in (*RULES, KEPT) if rule in totals},
-        group_column=column,
-        groups=groups,
+        fraction_scope=scope,
+        breakdown_by=column,
+        breakdown=groups,
         before=ScoreStats.of(decided["score"]),
         after=ScoreStats.of(kept["score"]),
     )

@@ -4,9 +4,10 @@ Everything is inlined so the page works offline and from any folder: the score h
 with matplotlib (Agg backend) and embedded as a data URI, thumbnails are small JPEGs embedded the same way,
 and a Content-Security-Policy forbids the page any network access. The page holds: headline counts, the
 histogram, thumbnails at score percentiles (lowest, 10 %, median, 90 %, highest) with their scores and face
-boxes, counts by status with example errors, per-rule counts (filter reports), and per-group and per-shard
-tables. Thumbnails are re-read from the original sources (`pipelines.fetch`), five of them whatever the
-size of the score set; one that cannot be read shows why instead of failing the report.
+boxes, counts by status with example errors, per-rule counts (filter reports), and a table per value of
+`ReportConfig.group` (when given), of num_faces and of shard, each column once. Thumbnails are re-read from
+the original sources (`pipelines.fetch`), five of them whatever the size of the score set; one that cannot
+be read shows why instead of failing the report.
 """
 
 from __future__ import annotations
@@ -29,14 +30,14 @@ from PIL import Image, ImageDraw  # noqa: E402
 
 from pipelines.fetch import SourceFormat, fetch_records  # noqa: E402
 from pipelines.filtering import DECIDED_BY, KEPT, NULL_GROUP, RULES  # noqa: E402
-from pipelines.scoreset import list_parquet, read_score_set, scoring_manifest  # noqa: E402
+from pipelines.scoreset import list_parquet, read_score_set, scoring_manifest, scoring_model  # noqa: E402
 from pipelines.storage import Storage  # noqa: E402
-from piqa_model.calibration import RAW_SCALE  # noqa: E402
 from piqa_model.images import open_image  # noqa: E402
 
 PERCENTILES = (("lowest", 0.0), ("10 %", 0.1), ("median", 0.5), ("90 %", 0.9), ("highest", 1.0))
 ERROR_EXAMPLES = 3
 KEPT_COLOR, DROPPED_COLOR, BOX_COLOR = "#2e7d32", "#b0b0b0", "#ffb300"
+GROUP_TABLES = ("num_faces", "shard")  # every report tabulates these columns
 
 
 class ReportError(ValueError):
@@ -46,9 +47,9 @@ class ReportError(ValueError):
 @dataclass(frozen=True)
 class ReportConfig:
     title: str = "Portrait quality report"
-    group: str = "num_faces"  # the column of the per-group table
+    group: str | None = None  # a column to tabulate first, beside GROUP_TABLES
     thumbnail_size: int = 224  # longest side, pixels
-    max_table_rows: int = 200  # per-group and per-shard tables; the rest is counted, not listed
+    max_table_rows: int = 200  # per-column tables; the rest is counted, not listed
     source_format: SourceFormat = field(default_factory=SourceFormat)
 
 
@@ -60,18 +61,21 @@ def build_report(
     `manifest` is the scoring run's (`scoring_manifest`): an untrained model puts a warning on top (scores of
     random weights must not curate anything), and the page says which scale the scores are on.
     """
-    if config.group not in table.column_names or pa.types.is_nested(table.schema.field(config.group).type):
+    if config.group and (
+        config.group not in table.column_names or pa.types.is_nested(table.schema.field(config.group).type)
+    ):
         columns = ", ".join(
             name for name in table.column_names if not pa.types.is_nested(table.schema.field(name).type)
         )
         raise ReportError(f"cannot group the report by '{config.group}': pick a scalar score column ({columns})")
     filtered = DECIDED_BY in table.column_names
     scored = table.filter(pc.is_valid(table["score"]))
+    model = scoring_model(manifest)
     sections = [
         f"<h1>{_text(config.title)}</h1>",
-        "" if manifest.get("model_trained", True) else _UNTRAINED,
+        "" if model["model_trained"] else _UNTRAINED,
         _headline(table, scores_uri, filtered),
-        f'<p id="scale">scores: {_text(manifest.get("score_scale", RAW_SCALE))}</p>',
+        f'<p id="scale">scores: {_text(model["score_scale"])}</p>',
         "<h2>Score distribution</h2>",
         f'<img id="histogram" alt="score histogram" src="{_data_uri(_histogram_png(scored, filtered), "image/png")}">',
         "<h2>Examples at score percentiles</h2>",
@@ -81,12 +85,11 @@ def build_report(
     ]
     if filtered:
         sections += ["<h2>Rows by deciding rule</h2>", _rule_table(table)]
-    sections += [
-        f"<h2>Per {_text(config.group)}</h2>",
-        _group_table(table, config.group, "groups", config.max_table_rows, filtered),
-        "<h2>Per shard</h2>",
-        _group_table(table, "shard", "shards", config.max_table_rows, filtered),
-    ]
+    for column in dict.fromkeys([*([config.group] if config.group else []), *GROUP_TABLES]):
+        sections += [
+            f"<h2>Per {_text(column)}</h2>",
+            _group_table(table, column, f"per-{column}", config.max_table_rows, filtered),
+        ]
     return _PAGE.format(title=_text(config.title), body="\n".join(sections))
 
 
@@ -261,7 +264,7 @@ def _group_table(table: pa.Table, column: str, table_id: str, limit: int, filter
 def _table(table_id: str, headers: list[str], rows: list[list[str]]) -> str:
     head = "".join(f"<th>{_text(h)}</th>" for h in headers)
     body = "".join("<tr>" + "".join(f"<td>{cell}</td>" for cell in row) + "</tr>" for row in rows)
-    return f'<table id="{table_id}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+    return f'<table id="{_text(table_id)}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 
 def _number(value: float | None) -> str:

@@ -23,6 +23,7 @@ import ray
 from pipelines.runtime import ensure_ray
 from pipelines.score import MANIFEST
 from pipelines.storage import Storage, StorageError
+from piqa_model.calibration import RAW_SCALE
 
 REQUIRED_COLUMNS = ("key", "source", "shard", "status", "score")
 FILES_PER_RAY_TASK = 64
@@ -112,6 +113,16 @@ def scoring_manifest(uri: str, storage: Storage) -> dict[str, Any]:
     except ValueError:  # not JSON: not a manifest of ours
         return {}
     return document if isinstance(document, dict) else {}
+
+
+def scoring_model(manifest: dict[str, Any]) -> dict[str, Any]:
+    """What a scoring manifest (`scoring_manifest`) says about the model that made the scores: its bundle id
+    (`model`, None when unknown), `model_trained` and `score_scale`, with the same benefit of the doubt."""
+    return {
+        "model": manifest.get("model"),
+        "model_trained": manifest.get("model_trained", True),
+        "score_scale": manifest.get("score_scale", RAW_SCALE),
+    }
 
 
 def join_column(scores: pa.Table, metadata: pa.Table, column: str, key: str = "key") -> pa.Table:

@@ -9,7 +9,7 @@ import re
 import pyarrow.parquet as pq
 import pytest
 import s3fs
-from curation_corpus import ScoredCorpus, containers
+from curation_corpus import ScoredCorpus, containers, webdataset_samples
 from pipeline_helpers import score
 
 from jobs import filter as filter_job
@@ -55,19 +55,22 @@ def test_filter_reshard_and_report_on_s3(scored_s3, s3, capsys):
 
     kept = pq.read_table(f"{BUCKET}/filtered/kept.parquet", filesystem=s3).to_pylist()
     summary = json.loads(s3.cat(f"{BUCKET}/filtered/summary.json"))
-    per_shard = {g["group"]: (g["rows"], g["kept"]) for g in summary["groups"]}
+    per_shard = {g["group"]: (g["rows"], g["kept"]) for g in summary["breakdown"]}
     assert per_shard == {"part-00000": (10, 2), "shard-000": (4, 2), "shard-001": (5, 0), "shard-002": (2, 1)}
     assert pq.read_table(f"{BUCKET}/filtered/dropped.parquet", filesystem=s3).num_rows == 16
     assert all(row["source"].startswith(f"s3://{BUCKET}/in/") for row in kept)
 
     storage = Storage.from_environment()
     assert sorted(s3.ls(f"{BUCKET}/tars")) == [f"{BUCKET}/tars/kept-000000.tar", f"{BUCKET}/tars/kept-000001.tar"]
+    samples = [sample for uri in sorted(s3.ls(f"{BUCKET}/tars")) for sample in webdataset_samples(s3.cat(uri))]
+    sidecars = {name: json.loads(members["json"]) for name, members in samples}
+    assert list(sidecars.values()) == kept  # sources included: the input's s3:// URIs, checked above
     resharded = [r for shard in list_shards(tars, storage) for r in read_records(shard, storage)]
     originals = {
         r.key: r.data for s in list_shards(str(scored_s3.corpus.root), storage) for r in read_records(s, storage)
     }
-    assert [r.key for r in resharded] == [row["key"] for row in kept]
-    assert all(r.data == originals[r.key] for r in resharded)
+    assert [r.key for r in resharded] == list(sidecars)
+    assert all(r.data == originals[sidecars[r.key]["key"]] for r in resharded)
 
     page = s3.cat(f"{BUCKET}/filtered/report.html").decode()
     assert thumbnails(page) == ["lowest", "10 %", "median", "90 %", "highest"]

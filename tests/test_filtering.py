@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import json
 import random
 
 import pyarrow as pa
 import pytest
 
-from pipelines.filtering import FilterConfig, FilterError, decide, manifest, summarize
+from pipelines.filtering import (
+    MANIFEST_SCHEMA,
+    SCORING_METADATA_KEY,
+    FilterConfig,
+    FilterError,
+    decide,
+    manifest,
+    summarize,
+)
 from pipelines.scoreset import ScoreSetError, join_column
+from piqa_model import errors
 
 SCHEMA = pa.schema(
     [
@@ -16,19 +26,32 @@ SCHEMA = pa.schema(
         ("source", pa.string()),
         ("shard", pa.string()),
         ("status", pa.string()),
+        ("error", pa.string()),
         ("score", pa.float32()),
         ("num_faces", pa.int32()),
         ("face_prob", pa.float32()),
         ("face_box", pa.list_(pa.float32())),
+        ("model", pa.string()),
     ]
 )
+SCORING = {"model": "starter-0123", "model_trained": True, "score_scale": "0-100"}
 
 
 def scores(rows: list[tuple]) -> pa.Table:
     """rows of (key, shard, status, score, num_faces, face_prob)."""
     return pa.Table.from_pylist(
         [
-            dict(key=k, source=f"s3://b/{shard}.tar", shard=shard, status=st, score=sc, num_faces=nf, face_prob=fp)
+            dict(
+                key=k,
+                source=f"s3://b/{shard}.tar",
+                shard=shard,
+                status=st,
+                error=None if st == "ok" else f"{st} in {k}",
+                score=sc,
+                num_faces=nf,
+                face_prob=fp,
+                model="starter-0123",
+            )
             for k, shard, st, sc, nf, fp in rows
         ],
         schema=SCHEMA,
@@ -125,19 +148,30 @@ def test_result_is_canonical_whatever_the_input_order():
     assert decide(scores(shuffled), config)["key"].to_pylist()[:3] == ["a0", "a1", "a2"]
 
 
-def test_manifest_holds_the_columns_the_rules_used():
+def test_manifests_have_one_schema_whatever_the_rules():
     table = scores(ranked(4) + [("e", "s0", "decode_error", None, None, None)])
-    config = FilterConfig(min_face_prob=0.5, top_fraction=0.5, per="shard")
+    configs = [
+        FilterConfig(),
+        FilterConfig(min_face_prob=0.5, top_fraction=0.5, per="shard"),
+        FilterConfig(require_face=True, min_score=0.5, per="num_faces"),
+    ]
+    for config in configs:
+        for kept in (True, False):
+            rows = manifest(decide(table, config), config, SCORING, kept=kept)
+            assert rows.schema.remove_metadata() == MANIFEST_SCHEMA, (config, kept)
+            assert json.loads(rows.schema.metadata[SCORING_METADATA_KEY.encode()]) == SCORING
+    config = configs[1]
     decided = decide(table, config)
-    kept_rows = manifest(decided, config)
-    assert kept_rows.column_names == ["key", "source", "score", "status", "face_prob", "shard", "decided_by"]
-    assert kept_rows["key"].to_pylist() == ["k0", "k1"]
-    dropped = manifest(decided, config, kept=False)
-    assert dict(zip(dropped["key"].to_pylist(), dropped["decided_by"].to_pylist(), strict=True)) == {
-        "e": "status",
-        "k2": "top_fraction",
-        "k3": "top_fraction",
+    kept_rows = manifest(decided, config, SCORING)
+    assert kept_rows["key"].to_pylist() == ["k0", "k1"] and kept_rows["group"].to_pylist() == ["s0", "s0"]
+    assert set(kept_rows["model"].to_pylist()) == {"starter-0123"}
+    dropped = manifest(decided, config, SCORING, kept=False).to_pylist()
+    assert {row["key"]: (row["decided_by"], row["error"]) for row in dropped} == {
+        "e": ("status", "decode_error in e"),
+        "k2": ("top_fraction", None),
+        "k3": ("top_fraction", None),
     }
+    assert manifest(decided, FilterConfig(), SCORING)["group"].null_count == 2  # no --per: no group
 
 
 def test_summary_counts_per_rule_and_group_and_scores_before_after():
@@ -146,7 +180,7 @@ def test_summary_counts_per_rule_and_group_and_scores_before_after():
     summary = summarize(decide(table, config), config)
     assert (summary.rows, summary.kept, summary.dropped) == (7, 3, 4)
     assert summary.by_rule == {"status": 1, "top_fraction": 3, "kept": 3}
-    assert [(g.group, g.rows, g.kept, g.dropped_by) for g in summary.groups] == [
+    assert [(g.group, g.rows, g.kept, g.dropped_by) for g in summary.breakdown] == [
         ("a", 4, 2, {"top_fraction": 2}),
         ("b", 3, 1, {"status": 1, "top_fraction": 1}),
     ]
@@ -154,6 +188,19 @@ def test_summary_counts_per_rule_and_group_and_scores_before_after():
     assert summary.after.min == pytest.approx(0.99) and summary.before.min == pytest.approx(0.97)
     assert summary.to_dict()["dropped"] == 4
     assert summary.lines()[0] == "kept 3 of 7 rows (4 dropped); decided by: status 1, top_fraction 3, kept 3"
+    assert summary.lines()[3] == "breakdown by shard (fractions counted over each shard group):"
+
+
+def test_a_summary_without_per_says_the_fractions_counted_all_rows():
+    table = scores(ranked(4, "a", "a") + [("b0", "b", "ok", 0.5, 1, 0.99), ("b1", "b", "ok", 0.4, 1, 0.99)])
+    config = FilterConfig(top_fraction=0.5)
+    summary = summarize(decide(table, config), config)
+    assert summary.lines()[3] == "breakdown by shard (fractions counted over all rows):"
+    assert summary.to_dict()["fraction_scope"] == "all rows" and summary.to_dict()["breakdown_by"] == "shard"
+    assert "groups" not in summary.to_dict() and "group_column" not in summary.to_dict()
+    assert [(g.group, g.kept) for g in summary.breakdown] == [("a", 3), ("b", 0)]
+    plain = summarize(decide(table, FilterConfig()), FilterConfig())
+    assert plain.lines()[3] == "breakdown by shard:" and plain.fraction_scope is None
 
 
 def test_bad_rules_are_refused_with_the_reason():
@@ -161,11 +208,20 @@ def test_bad_rules_are_refused_with_the_reason():
         FilterConfig(top_fraction=1.5)
     with pytest.raises(ValueError, match="at least one status"):
         FilterConfig(statuses=())
+    with pytest.raises(ValueError, match="unknown status.es. OK; the statuses are ok, decode_error, unsupported"):
+        FilterConfig(statuses=("OK",))
     table = scores(ranked(2))
     with pytest.raises(FilterError, match="no column.s. liqe_scene .*needs --metadata"):
         decide(table, FilterConfig(per="liqe_scene", top_fraction=0.5))
     with pytest.raises(FilterError, match="holds lists"):
         decide(table, FilterConfig(per="face_box"))
+
+
+def test_statuses_name_every_status_a_score_row_can_have():
+    image_errors = [errors.ImageDecodeError, errors.UnsupportedImageError, errors.ImageTooLargeError]
+    assert {"ok", *(e.status for e in image_errors), "read_error"} == set(errors.STATUSES)
+    assert {e.status for e in errors.ImageError.__subclasses__()} <= set(errors.STATUSES)
+    FilterConfig(statuses=errors.STATUSES)
 
 
 def test_metadata_column_joins_by_key():

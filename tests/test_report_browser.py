@@ -127,9 +127,9 @@ def test_report_page_in_chromium(chromium, scored_folder, tmp_path, capsys):
     assert [figure["data-percentile"] for figure in figures] == PERCENTILE_LABELS
     thumbs = dom.find("img", inside="percentiles")
     assert len(thumbs) == 5 and all(img["src"].startswith("data:image/jpeg;base64,") for img in thumbs)
-    for table in ("statuses", "groups", "shards"):
+    for table in ("statuses", "per-num_faces", "per-shard"):
         assert dom.find("table", id=table), table
-    assert len(dom.find("tr", inside="shards")) == 1 + 4  # header + 4 shards
+    assert len(dom.find("tr", inside="per-shard")) == 1 + 4  # header + 4 shards
     assert len(dom.find("tr", inside="statuses")) == 1 + 4  # ok, decode_error, too_large, unsupported
     assert not [img for img in dom.find("img") if not img["src"].startswith("data:")], "the page must not fetch"
     assert not dom.find("p", id="untrained"), "the shipped starter model is trained: no warning box"
