@@ -7,10 +7,11 @@ Image bytes go from the source to the tar inside one task and never through Ray'
 is ordered by shard, so the samples of one source container are contiguous and a container is re-read only
 by the (usually one or two) tars its samples land in.
 
-Each sample becomes `{key}.{ext}` with its original bytes (ext from the bytes' format) and `{key}.json`, its
-manifest row (key, source, score, the columns the rules used, decided_by). `piqa score` reads such a tar
-back with the same keys: it takes a member's key up to the last dot. (The `webdataset` library cuts at the
-first dot of the name instead, so keys with dots, such as the file names of folder inputs, differ there.)
+Each sample becomes `{name}.{ext}` with its original bytes (ext from the bytes' format) and `{name}.json`, its
+manifest row: `key` (the original key), `source` (where the bytes came from, as the score row names it) and
+the other manifest columns. WebDataset readers split a member name at its first dot and `piqa score` at its
+last, so the name holds no dot (`sample_names`: `a/b.c/photo.v2.jpg` -> `a_b_c_photo_v2_jpg`, unique across
+the manifest): both read a sample back whole, under its name, and the sidecar's `key` maps it back.
 Tars are byte-for-byte deterministic (fixed mtime, owner and mode), and `kept-*.tar` files of an earlier run
 beyond this run's count are removed, so the folder holds exactly this manifest.
 """
@@ -22,6 +23,7 @@ import json
 import posixpath
 import re
 import tarfile
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +36,7 @@ from pipelines.storage import Storage, StorageError
 
 TAR_NAME = "kept-{:06d}.tar"
 TAR_PATTERN = re.compile(r"kept-\d{6}\.tar")
+UNSAFE_IN_NAME = re.compile(r"[^A-Za-z0-9_-]")
 TASK_CPUS = 0.5
 RESULT_SCHEMA = pa.schema(
     [("tar", pa.int64()), ("uri", pa.string()), ("bytes", pa.int64()), ("problems", pa.list_(pa.string()))]
@@ -76,9 +79,11 @@ def reshard(kept: pa.Table, config: ReshardConfig, storage: Storage, source_form
     """
     storage.check_writable(config.output)
     rows = kept.to_pylist()
-    starts = range(0, len(rows), config.shard_size)
+    names = sample_names(row["key"] for row in rows)
+    samples = [{"name": name, "row": row} for name, row in zip(names, rows, strict=True)]
+    starts = range(0, len(samples), config.shard_size)
     items = [
-        {"tar": n, "rows": json.dumps(rows[start : start + config.shard_size], default=str)}
+        {"tar": n, "samples": json.dumps(samples[start : start + config.shard_size], default=str)}
         for n, start in enumerate(starts)
     ]
     results: list[dict[str, Any]] = []
@@ -105,10 +110,31 @@ def reshard(kept: pa.Table, config: ReshardConfig, storage: Storage, source_form
     return ReshardSummary(config.output, written, len(rows), sum(result["bytes"] for result in results))
 
 
+def sample_names(keys: Iterable[str]) -> list[str]:
+    """The name in the tars of each of `keys`, in order: the key with what is not `A-Z a-z 0-9 _ -` made `_`,
+    and `-1`, `-2`, ... added where an earlier key already has that name. Deterministic, free of dots, and
+    distinct, even for one key that comes from two sources."""
+    taken: set[str] = set()
+    next_suffix: dict[str, int] = {}
+    names = []
+    for key in keys:
+        base = UNSAFE_IN_NAME.sub("_", key) or "_"
+        suffix = next_suffix.get(base, 0)
+        name = f"{base}-{suffix}" if suffix else base
+        while name in taken:
+            suffix += 1
+            name = f"{base}-{suffix}"
+        next_suffix[base] = suffix + 1
+        taken.add(name)
+        names.append(name)
+    return names
+
+
 def _write_tar(batch: pa.Table, *, output: str, storage: Storage, source_format: SourceFormat) -> pa.Table:
-    """Task: one tar's manifest rows in; the tar written; its URI, size and any unreadable samples out."""
+    """Task: one tar's samples (name, manifest row) in; the tar written; its URI, size and unreadable samples out."""
     [item] = batch.to_pylist()
-    rows = json.loads(item["rows"])
+    samples = json.loads(item["samples"])
+    rows = [sample["row"] for sample in samples]
     keys_by_source: dict[str, list[str]] = {}
     for row in rows:
         keys_by_source.setdefault(row["source"], []).append(row["key"])
@@ -117,15 +143,16 @@ def _write_tar(batch: pa.Table, *, output: str, storage: Storage, source_format:
         found |= {(source, key): record for key, record in fetch_records(source, keys, storage, source_format).items()}
     members: list[tuple[str, bytes]] = []
     problems: list[str] = []
-    for row in rows:
+    for sample in samples:
+        name, row = sample["name"], sample["row"]
         record = found.get((row["source"], row["key"]))
         if record is None or record.data is None:
             reason = record.error if record is not None else "no such key there"
             problems.append(f"{row['key']!r} in {row['source']} ({reason})")
             continue
         extension = file_extension(record.data, row["source"])
-        members.append((f"{row['key']}.{extension}", record.data))
-        members.append((f"{row['key']}.json", json.dumps(row, sort_keys=True, default=str).encode()))
+        members.append((f"{name}.{extension}", record.data))
+        members.append((f"{name}.json", json.dumps(row, sort_keys=True, default=str).encode()))
     uri = posixpath.join(output.rstrip("/"), TAR_NAME.format(item["tar"]))
     payload = b"" if problems else _tar_bytes(members)
     if not problems:

@@ -4,6 +4,8 @@ faceless image, so every filter rule has rows to keep and rows to drop."""
 from __future__ import annotations
 
 import io
+import re
+import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,3 +46,23 @@ def containers(shared_dir: Path, root: Path) -> Corpus:
 class ScoredCorpus:
     corpus: Corpus
     scores: str  # the scoring output folder/prefix
+
+
+WEBDATASET_NAME = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")  # webdataset's `base_plus_ext`: key up to the first dot
+
+
+def webdataset_samples(payload: bytes) -> list[tuple[str, dict[str, bytes]]]:
+    """The samples of a tar as the `webdataset` library groups them: consecutive members with the same key
+    (the name up to the first dot of its last part) make one sample of {extension: bytes}."""
+    samples: list[tuple[str, dict[str, bytes]]] = []
+    with tarfile.open(fileobj=io.BytesIO(payload), mode="r:") as archive:
+        for member in archive:
+            match = WEBDATASET_NAME.match(member.name)
+            assert match, f"{member.name}: webdataset would skip a member without an extension"
+            key, extension = match.groups()
+            if not samples or samples[-1][0] != key:
+                samples.append((key, {}))
+            assert extension not in samples[-1][1], f"{member.name}: webdataset refuses a repeated member"
+            handle = archive.extractfile(member)
+            samples[-1][1][extension] = handle.read() if handle else b""
+    return samples

@@ -4,19 +4,21 @@ manifests (local and Ray Data readers), metadata groups, resharded tars read bac
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from curation_corpus import FACELESS_KEY
+from curation_corpus import FACELESS_KEY, webdataset_samples
+from PIL import Image
 from pipeline_helpers import read_scores, score
 
 from jobs import filter as filter_job
 from jobs.cli import run
 from pipelines.curate import FilterJobConfig, run_filter
 from pipelines.fetch import SourceFormat
-from pipelines.filtering import FilterConfig
+from pipelines.filtering import MANIFEST_SCHEMA, SCORING_METADATA_KEY, FilterConfig
 from pipelines.readers import read_records
 from pipelines.reshard import ReshardConfig, ReshardError, reshard
 from pipelines.shards import list_shards
@@ -77,6 +79,24 @@ def test_exact_counts_per_rule(scored_folder, tmp_path, rules, kept, dropped_by)
     assert counts == dropped_by
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["kept"] == kept and summary["by_rule"] == {**dropped_by, "kept": kept}
+    for name in ("kept.parquet", "dropped.parquet"):  # the same columns whatever the rules
+        assert pq.read_schema(tmp_path / "out" / name).remove_metadata() == MANIFEST_SCHEMA, name
+
+
+def test_manifests_and_summary_name_the_model_and_keep_the_errors(scored_folder, tmp_path):
+    decisions = run_rules(scored_folder, tmp_path / "out", top_fraction=0.5)
+    scoring = json.loads((Path(scored_folder.scores) / "_manifest.json").read_text())
+    model = {key: scoring[key] for key in ("model", "model_trained", "score_scale")}
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["scoring"] == model and model["model"]
+    for name in ("kept.parquet", "dropped.parquet"):
+        metadata = pq.read_schema(tmp_path / "out" / name).metadata
+        assert json.loads(metadata[SCORING_METADATA_KEY.encode()]) == model, name
+    dropped = pq.read_table(tmp_path / "out" / "dropped.parquet").to_pylist()
+    errors = {row["key"]: row["error"] for row in dropped if row["status"] != "ok"}
+    assert len(errors) == 5 and all(errors.values()), errors
+    assert {row["model"] for row in dropped} == {model["model"]}
+    assert sum(rule == "kept" for rule in decisions.values()) == 3
 
 
 def test_min_score_and_top_fraction_keep_the_best(scored_folder, tmp_path):
@@ -99,13 +119,14 @@ def test_groups_from_a_metadata_parquet(scored_folder, tmp_path):
         metadata=str(tmp_path / "meta.parquet"),
     )
     outcome = run_filter(config)
-    assert [(g.group, g.rows, g.kept) for g in outcome.summary.groups] == [
+    assert [(g.group, g.rows, g.kept) for g in outcome.summary.breakdown] == [
         ("dslr", 2, 1),
         ("phone", 2, 1),
         (None, 6, 1),
     ]
     kept = pq.read_table(tmp_path / "out" / "kept.parquet")
-    assert kept.column_names == ["key", "source", "score", "status", "camera", "decided_by"]
+    assert kept.schema.remove_metadata() == MANIFEST_SCHEMA
+    assert kept.num_rows == 3 and set(kept["group"].to_pylist()) == {"dslr", "phone", None}
     best = ok_keys_by_score(scored_folder)
     assert sorted(kept["key"].to_pylist()) == sorted(
         [next(k for k in best if k.startswith(p)) for p in cameras] + [FACELESS_KEY]
@@ -137,22 +158,59 @@ def test_resharded_tars_read_back_with_the_same_keys_bytes_and_scores(scored_fol
         "kept-000002.tar",
     ]
 
+    sidecars = {name: json.loads(members["json"]) for name, members in resharded_samples(tmp_path / "tars")}
+    assert list(sidecars.values()) == kept  # the manifest's rows, in its order, original keys included
     shards = list_shards(str(tmp_path / "tars"), storage)
     records = [record for shard in shards for record in read_records(shard, storage)]
-    assert [r.key for r in records] == [row["key"] for row in kept]  # the manifest's order
+    assert [r.key for r in records] == list(sidecars)  # `piqa score` reads the samples under their names
     for record in records:
-        assert record.data == (scored_folder.corpus.root / record.key).read_bytes()
-    sidecars = {row["key"]: row["score"] for row in kept}
+        assert record.data == (scored_folder.corpus.root / sidecars[record.key]["key"]).read_bytes()
     rescored = score(tmp_path / "tars", tmp_path / "rescored")
     assert rescored.counts == {"ok": len(kept)}
-    again = {r["key"]: r["score"] for r in read_scores(tmp_path / "rescored").to_pylist()}
-    assert again.keys() == sidecars.keys()
-    assert again == pytest.approx(sidecars, abs=1e-5)
+    again = {sidecars[r["key"]]["key"]: r["score"] for r in read_scores(tmp_path / "rescored").to_pylist()}
+    assert again == pytest.approx({row["key"]: row["score"] for row in kept}, abs=1e-5)
 
     run_filter(
         FilterJobConfig(scored_folder.scores, str(tmp_path / "out"), reshard=ReshardConfig(str(tmp_path / "tars"), 5))
     )
     assert [p.name for p in (tmp_path / "tars").iterdir()] == ["kept-000000.tar"], "stale tars left behind"
+
+
+def resharded_samples(folder: Path) -> list[tuple[str, dict[str, bytes]]]:
+    """The samples of the `kept-*.tar` under `folder`, in order, as the `webdataset` library groups them."""
+    return [sample for tar in sorted(folder.glob("kept-*.tar")) for sample in webdataset_samples(tar.read_bytes())]
+
+
+def test_keys_with_dots_slashes_and_twins_reshard_into_whole_webdataset_samples(tmp_path):
+    scored = [  # (key, the file it was scored from): names that clash once made safe, and one key from two inputs
+        ("a/b.c/photo.v2.jpg", "one/a/b.c/photo.v2.jpg"),
+        ("a/b_c/photo_v2.jpg", "one/a/b_c/photo_v2.jpg"),
+        ("a_b_c_photo_v2_jpg", "one/plain.png"),
+        ("x.y.png", "one/x.y.png"),
+        ("x.y.png", "two/x.y.png"),
+    ]
+    for number, (_, path) in enumerate(scored):
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 8), (40 * number, 0, 0)).save(tmp_path / path)
+    kept = pa.table(
+        {
+            "key": [key for key, _ in scored],
+            "source": [str(tmp_path / path) for _, path in scored],
+            "score": [float(number) for number in range(len(scored))],
+        }
+    )
+    reshard(kept, ReshardConfig(str(tmp_path / "tars"), 2), Storage(), SourceFormat())
+
+    samples = resharded_samples(tmp_path / "tars")
+    names = ["a_b_c_photo_v2_jpg", "a_b_c_photo_v2_jpg-1", "a_b_c_photo_v2_jpg-2", "x_y_png", "x_y_png-1"]
+    assert [name for name, _ in samples] == names
+    for (_, members), row, (_, path) in zip(samples, kept.to_pylist(), scored, strict=True):
+        extension = "png" if path.endswith(".png") else "jpg"
+        assert members.keys() == {extension, "json"}
+        assert members[extension] == (tmp_path / path).read_bytes()
+        assert json.loads(members["json"]) == row
+    shards = list_shards(str(tmp_path / "tars"), Storage())
+    assert [r.key for shard in shards for r in read_records(shard, Storage())] == names
 
 
 def test_a_sample_gone_from_its_source_fails_the_reshard_by_name(scored_folder, tmp_path):
@@ -183,6 +241,57 @@ def test_python_m_jobs_filter(scored_folder, tmp_path, capsys):
     assert run([str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")], filter_job.build_parser) == 1
     assert capsys.readouterr().err.strip() == f"python -m jobs.filter: error: {tmp_path / 'nowhere'} does not exist"
     assert not (tmp_path / "o").exists()
+
+
+def test_filter_refuses_an_unknown_status_and_its_help_shows_choices_and_defaults(scored_folder, tmp_path, capsys):
+    argv = [scored_folder.scores, "--out", str(tmp_path / "out"), "--status", "OK"]
+    assert run(argv, filter_job.build_parser) == 1
+    assert capsys.readouterr().err.strip() == (
+        "python -m jobs.filter: error: unknown status(es) OK; the statuses are "
+        "ok, decode_error, unsupported, too_large, read_error"
+    )
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(SystemExit):
+        run(["--help"], filter_job.build_parser)
+    text = " ".join(capsys.readouterr().out.split())
+    assert "from ok, decode_error, unsupported, too_large, read_error (default: ok)" in text
+    for default in ("the key column of --metadata (default: key)", "resharded tar (default: 1000)"):
+        assert default in text, default
+    assert "(default: none: the fractions count all rows" in text
+
+
+def test_filter_prints_a_breakdown_not_groups_without_per(scored_folder, tmp_path, capsys):
+    argv = [scored_folder.scores, "--out", str(tmp_path / "out"), "--top-fraction", "0.5"]
+    assert run(argv, filter_job.build_parser) == 0
+    assert "breakdown by shard (fractions counted over all rows):" in capsys.readouterr().out.splitlines()
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["rules"]["per"] is None
+    assert (summary["breakdown_by"], summary["fraction_scope"]) == ("shard", "all rows")
+    assert "group_column" not in summary and "groups" not in summary
+
+
+def headings(page: Path) -> list[str]:
+    return re.findall(r"<h2>(.*?)</h2>", page.read_text())
+
+
+def test_reports_show_each_group_table_once(scored_folder, tmp_path):
+    from jobs import report as report_job
+
+    page = tmp_path / "report.html"
+    assert run([scored_folder.scores, "--out", str(page), "--group", "shard"], report_job.build_parser) == 0
+    assert [h for h in headings(page) if h.startswith("Per ")] == ["Per shard", "Per num_faces"]
+    assert run([scored_folder.scores, "--out", str(page)], report_job.build_parser) == 0
+    assert [h for h in headings(page) if h.startswith("Per ")] == ["Per num_faces", "Per shard"]
+    argv = [scored_folder.scores, "--out", str(tmp_path / "out"), "--per", "shard", "--top-fraction", "0.5"]
+    assert run([*argv, "--report"], filter_job.build_parser) == 0
+    assert headings(tmp_path / "out" / "report.html") == [
+        "Score distribution",
+        "Examples at score percentiles",
+        "Rows by status",
+        "Rows by deciding rule",
+        "Per shard",
+        "Per num_faces",
+    ]
 
 
 def test_report_of_scores_from_an_untrained_model_says_so(scored_folder, tmp_path):
