@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 import warnings
@@ -10,7 +11,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from pipelines.runtime import apply_local_hygiene
+from pipelines.runtime import apply_local_hygiene, set_ray_verbose
 
 
 class UsageError(Exception):
@@ -30,6 +31,15 @@ def _actors(text: str) -> tuple[int, int]:
         return int(low), int(high or low)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected MIN,MAX or N, got {text!r}") from None
+
+
+def add_verbose_argument(parser: argparse.ArgumentParser) -> None:
+    """`--verbose` for the commands that run Ray (`run` applies it)."""
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="also print Ray's own INFO logs (cluster start, Ray Data's plans, progress lines)",
+    )
 
 
 def add_score_arguments(parser: argparse.ArgumentParser) -> None:
@@ -77,6 +87,7 @@ def add_score_arguments(parser: argparse.ArgumentParser) -> None:
         default="draft",
         help="draft: decode JPEGs only as finely as detection and the model need (default); full: every pixel",
     )
+    add_verbose_argument(parser)
 
 
 def score_config_from_args(args: argparse.Namespace):
@@ -141,6 +152,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
+    from pipelines.filtering import ScoreStats
     from pipelines.scoreset import list_parquet, read_score_set, scoring_manifest
     from pipelines.storage import Storage
     from piqa_model.calibration import RAW_SCALE
@@ -157,6 +169,9 @@ def cmd_show(args: argparse.Namespace) -> int:
         print(f"{score}  {faces:>5}  {row['status']:<13} {row['key']}")
     if len(rows) > args.limit:
         print(f"... {len(rows) - args.limit} more rows")
+    print(f"distribution: {ScoreStats.of(table.column('score')).line()}")
+    print("a threshold: `piqa filter --min-score X` with X from the distribution (X = p10 drops about the lowest")
+    print("tenth), `--bottom-fraction F` to drop a share, `piqa report` for the histogram and photos at each level")
     return 0
 
 
@@ -164,18 +179,30 @@ def cmd_import(args: argparse.Namespace) -> int:
     from piqa_model import BundleInfo, import_dnpiqa, save_bundle
 
     net = import_dnpiqa(args.checkpoint, liqe=args.liqe)
-    sources = f"checkpoint {Path(args.checkpoint).name}" + (f", LIQE {Path(args.liqe).name}" if args.liqe else "")
+    files = [("checkpoint", args.checkpoint), *([("LIQE", args.liqe)] if args.liqe else [])]
+    sources = ", ".join(f"{kind} {Path(path).name} (sha256 {_sha256(path)})" for kind, path in files)
     info = BundleInfo(
         name=args.name,
         trained=True,
-        description="DN-PIQA (Sun et al., CVPRW 2024) weights released by the authors, imported unchanged.",
-        source=f"imported from the authors' {sources}",
+        description=(
+            "DN-PIQA's architecture (Sun et al., CVPRW 2024) with the weights of the imported checkpoint, unchanged: "
+            "the authors' released weights if it is their PIQ_model.pth (compare the sha256 under Source)."
+        ),
+        source=f"imported from {sources}",
     )
     path = save_bundle(net, args.out, info)
     print(f"wrote bundle {path} ({net.config.overall.embed_dim}-dim Swin, aux={net.config.aux})")
     if net.config.aux == "liqe" and net.liqe is None:
         print("note: without --liqe this bundle cannot compute its LIQE features; pass --liqe LIQE.pt")
     return 0
+
+
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for chunk in iter(lambda: file.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _banner_if_untrained(trained: bool, model: str) -> None:
@@ -264,6 +291,7 @@ def run(argv: Sequence[str] | None, parser_factory: Callable[[], argparse.Argume
     parser = parser_factory()
     try:
         args = parser.parse_args(argv)
+        set_ray_verbose(getattr(args, "verbose", False))  # a command without --verbose keeps Ray quiet
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*UNTRAINED.*")  # the banner says it louder
             return args.run(args)

@@ -10,7 +10,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from jobs.cli import Parser, job_parser, run
+from jobs.cli import Parser, add_verbose_argument, job_parser, run
 from jobs.report import add_source_arguments, source_format_from_args
 from piqa_model.errors import STATUSES
 
@@ -25,6 +25,7 @@ def _statuses(text: str) -> tuple[str, ...]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("scores", help="the output folder/prefix of `piqa score` (local or s3://)")
     parser.add_argument("--out", required=True, help="folder/prefix for kept.parquet, summary.json, ...")
+    add_verbose_argument(parser)
     rules = parser.add_argument_group(
         "rules (a row is kept when it passes all of them; they run in this order, and all but --status are off "
         "unless given)"

@@ -10,7 +10,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from jobs.cli import Parser, job_parser, run
+from jobs.cli import Parser, add_verbose_argument, job_parser, run
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -25,6 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--use-gpu", action="store_true", default=None, help="one GPU per worker")
     parser.add_argument("--experiment", help="MLflow experiment name")
     parser.add_argument("--model-name", help="registered model name (default: portrait-quality)")
+    add_verbose_argument(parser)
 
 
 def config_from_args(args: argparse.Namespace):

@@ -53,21 +53,53 @@ def apply_local_hygiene() -> None:
         os.environ.setdefault(name, value)
 
 
+_ray_verbose = False
+
+
+def set_ray_verbose(verbose: bool) -> None:
+    """`--verbose`: print Ray's own INFO logs here (cluster start, Ray Data's plans and periodic progress lines).
+    By default only Ray's warnings and errors reach the console (and Ray Data's progress bar, on a terminal); the
+    session's log files (/tmp/ray/session_*/logs) hold everything either way."""
+    global _ray_verbose
+    _ray_verbose = verbose
+
+
+def ray_log_level() -> int:
+    """The level of Ray's own console logs (see `set_ray_verbose`)."""
+    return logging.INFO if _ray_verbose else logging.WARNING
+
+
+def _apply_ray_console_level() -> int:
+    """Set (and return) the level of Ray's own console logs in this process."""
+    from ray.data import DataContext
+    from ray.data._internal.logging import SessionFileHandler
+
+    level = ray_log_level()
+    logging.getLogger("ray").setLevel(level)
+    for handler in logging.getLogger("ray.data").handlers:  # Ray Data logs apart from "ray", to a file and here
+        if not isinstance(handler, SessionFileHandler):
+            handler.setLevel(level)
+    DataContext.get_current().print_on_execution_start = _ray_verbose
+    return level
+
+
 def ensure_ray(log_to_driver: bool = False) -> None:
     """Join the cluster named by RAY_ADDRESS (as `ray job submit` sets it) or start a local one on loopback.
 
     `log_to_driver`: show the workers' output here (training progress); off for the chatty scoring actors.
+    Ray's own console logs follow `set_ray_verbose`.
     """
+    level = _apply_ray_console_level()
     if ray.is_initialized():
         return
     if os.environ.get("RAY_ADDRESS", "local") != "local":
         # A cluster (e.g. under `ray job submit`): its runtime environment is the submitter's to set.
-        ray.init(log_to_driver=log_to_driver)
+        ray.init(log_to_driver=log_to_driver, logging_level=level)
         return
     apply_local_hygiene()
     env_vars = {name: os.environ[name] for name in SHARED_ENV if name in os.environ}
     runtime_env = {"env_vars": env_vars, "worker_process_setup_hook": "pipelines.runtime.quiet_local_workers"}
-    start_local_ray(runtime_env=runtime_env, log_to_driver=log_to_driver)
+    start_local_ray(runtime_env=runtime_env, log_to_driver=log_to_driver, logging_level=level)
 
 
 def quiet_local_workers() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import time
@@ -34,3 +35,7 @@ def kill_driver_when(
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(driver.pid, signal.SIGKILL)
+
+
+RAY_INFO_LINE = re.compile(r"^\S.*\tINFO \S+\.py:\d+ -- |Running Dataset|Started a local Ray instance", re.MULTILINE)
+"""A line of Ray's own INFO logs ("2026-01-01 00:00:00,000\tINFO worker.py:2038 -- Started a local Ray instance.")."""

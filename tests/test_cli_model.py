@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -43,7 +44,17 @@ def test_import_dnpiqa_command_then_load_bundle_reproduces_the_fixture(reference
         aux = net.aux_features(liqe_io["image_u8"])
     torch.testing.assert_close(scores, io["per_crop_scores"], atol=1e-4, rtol=0)
     torch.testing.assert_close(aux, liqe_io["aux"], atol=1e-4, rtol=0)
-    assert "MODEL_CARD.md" in {p.name for p in (tmp_path / "bundle").iterdir()}
+    bundle = tmp_path / "bundle"
+    assert {p.name for p in bundle.iterdir()} == {"MODEL_CARD.md", "config.json", "model.safetensors"}
+    # World-readable like every bundle: a model directory is for sharing (the importer's own umask aside).
+    assert {p.name: p.stat().st_mode & 0o777 for p in (bundle, *bundle.iterdir())} == {
+        "bundle": 0o755, "MODEL_CARD.md": 0o644, "config.json": 0o644, "model.safetensors": 0o644,
+    }  # fmt: skip
+    # The card names what was imported, by digest, and claims no provenance it cannot know.
+    card = (bundle / "MODEL_CARD.md").read_text()
+    digest = hashlib.sha256((reference_dir / "dnpiqa_small_timm067.pth").read_bytes()).hexdigest()
+    assert f"checkpoint dnpiqa_small_timm067.pth (sha256 {digest})" in card and "LIQE clip_tiny_openai_layout" in card
+    assert "released by the authors" not in card and "if it is their PIQ_model.pth" in card
 
 
 def test_import_of_a_missing_checkpoint_is_one_line_and_nonzero(tmp_path):
@@ -102,6 +113,7 @@ def test_show_names_the_score_scale_and_a_missing_folder_is_one_line(tmp_path):
     lines = shown.stdout.splitlines()
     assert lines[0] == "scores: 0-100, higher is better: a test"
     assert lines[2].split() == ["71.5000", "1", "ok", "a"] and lines[3].split()[-2:] == ["decode_error", "b"]
+    assert lines[4].startswith("distribution: n=1 mean=71.5000") and "--min-score" in shown.stdout
 
     missing = piqa("show", str(tmp_path / "nowhere"), cache=tmp_path)
     assert missing.returncode == 1 and missing.stdout == ""

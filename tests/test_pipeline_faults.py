@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 from corpus import portraits
 from pipeline_helpers import assert_rows_match, read_scores, score
-from processes import kill_driver_when, wait_for
+from processes import RAY_INFO_LINE, kill_driver_when, wait_for
 
 import piqa_model
 
@@ -45,6 +45,7 @@ def test_driver_killed_mid_run_then_rerun_completes(shared_dir, tmp_path, repo_r
     finished = subprocess.run(command, cwd=repo_root, env=env, capture_output=True, text=True, timeout=600)
     assert finished.returncode == 0, finished.stderr[-2000:]
     assert f"{12 - len(committed)} shards written, {len(committed)} already done" in finished.stdout
+    assert not RAY_INFO_LINE.search(finished.stdout + finished.stderr), finished.stderr[-2000:]  # no --verbose
     assert_rows_match(read_scores(out), expected)
 
 
