@@ -47,7 +47,8 @@ from harness import DATA, OUT_DIR, spread, upscaled, write_results
 from PIL import Image
 
 from piqa_model import DualBranchNet, FaceDetector, open_image, predict, prepare, preset
-from piqa_model.decode import ModelImage, decode_for_model
+from piqa_model.decode import ModelImage
+from piqa_model.flow import ImageFlow
 
 TARGET = 4.0  # (a) / (c)
 
@@ -123,6 +124,7 @@ def fastest(repeats: int, run, clock):
 def measure(name: str, paths: list[Path], args: argparse.Namespace, net: DualBranchNet) -> SetResult:
     config = net.config
     preview_detector = FaceDetector(args.detect_size)
+    draft_flow = ImageFlow(config, preview_detector, decode="draft")
     blobs = [path.read_bytes() for path in paths]
     sizes = Counter(f"{w}x{h}" for w, h in (Image.open(io.BytesIO(b)).size for b in blobs))
     stock_mtcnn = MTCNN(keep_all=True)
@@ -137,7 +139,8 @@ def measure(name: str, paths: list[Path], args: argparse.Namespace, net: DualBra
         return ModelImage(image, detection, image.size)
 
     def way_c(data: bytes) -> ModelImage:
-        return decode_for_model(data, config, preview_detector, mode="draft")
+        [decoded] = draft_flow.decode_and_detect([data])
+        return decoded.image
 
     way_a(blobs[0]), way_b(blobs[0]), way_c(blobs[0])  # warm-up
     clock = time.process_time if args.clock == "cpu" else time.perf_counter

@@ -42,7 +42,8 @@ import torch.multiprocessing as mp
 from PIL import Image, ImageOps
 
 from piqa_model import DualBranchNet, FaceDetector, PreparedImage, predict, prepare, preset
-from piqa_model.decode import decode_for_model, open_preview
+from piqa_model.decode import open_preview
+from piqa_model.flow import ImageFlow
 
 REPO = Path(__file__).resolve().parents[1]
 TARGETS = {"five": 150.0, "center": 600.0, "busy": 0.85}
@@ -98,15 +99,12 @@ def stack(items: list[PreparedImage]) -> tuple[torch.Tensor, torch.Tensor, torch
 def prepare_worker(config, photos: list[bytes], batch_size: int, first: int, step: int, out, stop) -> None:
     """Prepare batches of photos (this worker's share, cycled) until told to stop."""
     torch.set_num_threads(1)
-    detector = FaceDetector()
+    flow = ImageFlow(config, FaceDetector())
     index = first
     while not stop.is_set():
         chunk = [photos[(index + k * step) % len(photos)] for k in range(batch_size)]
         index += batch_size * step
-        previews = [open_preview(data, config, detector.detect_size) for data in chunk]
-        detections = detector.detect([p.image for p in previews])
-        finished = [p.finish(d) for p, d in zip(previews, detections, strict=True)]
-        batch = stack([prepare(m.image, m.detection, config, m.original_size) for m in finished])
+        batch = stack([inputs for _, inputs in flow.prepare(chunk) if inputs is not None])
         while not stop.is_set():
             try:
                 out.put(batch, timeout=0.5)
@@ -319,9 +317,9 @@ def prepare_costs(config, photos: list[bytes]) -> dict[str, float]:
     return {name: round(1000 * seconds / len(photos), 1) for name, seconds in totals.items()}
 
 
-def _prepared(data: bytes, config, detector: FaceDetector) -> PreparedImage:
-    image = decode_for_model(data, config, detector)
-    return prepare(image.image, image.detection, config, image.original_size)
+def _prepared(data: bytes, config, detector: FaceDetector) -> PreparedImage | None:
+    [(_, inputs)] = ImageFlow(config, detector).prepare([data])
+    return inputs
 
 
 if __name__ == "__main__":

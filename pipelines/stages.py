@@ -1,24 +1,27 @@
 """The pipeline's model steps as Ray Data callables: prepare and score (actor pools); reading is in `readers`.
 
 Each step is a thin shell around `piqa_model`: the numbers come from the same functions `Scorer` uses.
-Per-image results travel as a small JSON column (`meta`) so that error rows and nulls need no
-sentinels; crops travel as uint8 tensor columns between `Prepare` and `Score`.
+Per-image results travel as a small JSON column (`record`: a `ScoreRecord`) so that error rows and nulls need
+no sentinels; crops travel as uint8 tensor columns between `Prepare` and `Score`.
 """
 
 from __future__ import annotations
 
 import gc
 import json
+from dataclasses import asdict
 from typing import Any
 
 import numpy as np
 import torch
 
-from piqa_model import ImageError, ModelConfig, PreparedImage, predict, prepare
+from piqa_model import ModelConfig, PreparedImage, predict
 from piqa_model.bundle import read_bundle_files
-from piqa_model.decode import DecodeMode, Preview, open_preview
-from piqa_model.faces import FaceDetection, FaceDetector
-from piqa_model.scorer import result_fields
+from piqa_model.decode import DecodeMode
+from piqa_model.errors import ImageReadError
+from piqa_model.faces import FaceDetector
+from piqa_model.flow import ImageFlow, add_score
+from piqa_model.record import ScoreRecord
 
 ID_COLUMNS = ("key", "source", "shard", "index", "shard_total")
 
@@ -37,40 +40,18 @@ class Prepare:
         threads: int = 1,
     ) -> None:
         torch.set_num_threads(threads)
-        self.config, self.max_pixels, self.decode = config, max_pixels, decode
-        self.detector = FaceDetector(detect_size, min_face_size, device=device)
+        self.flow = ImageFlow(config, FaceDetector(detect_size, min_face_size, device=device), max_pixels, decode)
         _freeze_what_lives_as_long_as_the_actor()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        metas: list[dict[str, Any]] = []
-        previews: list[tuple[int, Preview]] = []
-        for slot, (data, read_error) in enumerate(zip(batch["data"], batch["read_error"], strict=True)):
-            if read_error is not None or data is None:
-                metas.append({"status": "read_error", "error": read_error or "no bytes"})
-                continue
-            try:
-                preview = open_preview(
-                    bytes(data), self.config, self.detector.detect_size, self.max_pixels, self.decode
-                )
-            except Exception as exc:
-                metas.append(_failure(exc))
-                continue
-            width, height = preview.original_size
-            metas.append({"status": "ok", "error": None, "width": width, "height": height})
-            previews.append((slot, preview))
-        detections = self.detector.detect([preview.image for _, preview in previews]) if previews else []
-        prepared: dict[int, PreparedImage] = {}
-        for (slot, preview), detection in zip(previews, detections, strict=True):
-            try:
-                item = preview.finish(detection)
-            except Exception as exc:
-                metas[slot] = _failure(exc)
-                continue
-            prepared[slot] = prepare(item.image, item.detection, self.config, item.original_size)
-            metas[slot]["detection"] = [item.detection.num_faces, item.detection.box, item.detection.prob]
+        images = [
+            ImageReadError(read_error or "no bytes") if read_error is not None or data is None else bytes(data)
+            for data, read_error in zip(batch["data"], batch["read_error"], strict=True)
+        ]
+        prepared = self.flow.prepare(images)
         out = {name: batch[name] for name in ID_COLUMNS}
-        out["meta"] = np.array([json.dumps(m) for m in metas], dtype=object)
-        out.update(_stack_inputs(prepared, len(metas), self.config))
+        out["record"] = np.array([json.dumps(asdict(record)) for record, _ in prepared], dtype=object)
+        out.update(_stack_inputs([inputs for _, inputs in prepared], self.flow.config))
         return out
 
 
@@ -86,21 +67,17 @@ def _freeze_what_lives_as_long_as_the_actor() -> None:
     gc.freeze()
 
 
-def _failure(exc: Exception) -> dict[str, Any]:
-    """The meta of an image that could not be decoded; a decoder bug must not stop the job either."""
-    if isinstance(exc, ImageError):
-        return {"status": exc.status, "error": str(exc)}
-    return {"status": "decode_error", "error": f"{type(exc).__name__}: {exc}"}
-
-
-def _stack_inputs(prepared: dict[int, PreparedImage], size: int, config: ModelConfig) -> dict[str, np.ndarray]:
+def _stack_inputs(prepared: list[PreparedImage | None], config: ModelConfig) -> dict[str, np.ndarray]:
     """Uniform uint8 tensor columns; rows without an image carry zeros (they are never scored)."""
+    size = len(prepared)
     shape = (size, config.crops_per_image, 3, config.crop, config.crop)
     columns = {"overall": np.zeros(shape, np.uint8), "face": np.zeros(shape, np.uint8)}
     if config.aux == "liqe" and config.liqe is not None:
         liqe = config.liqe
         columns["patches"] = np.zeros((size, liqe.num_patches, 3, liqe.patch_size, liqe.patch_size), np.uint8)
-    for slot, item in prepared.items():
+    for slot, item in enumerate(prepared):
+        if item is None:
+            continue
         columns["overall"][slot] = item.overall.numpy()
         columns["face"][slot] = item.face.numpy()
         if "patches" in columns and item.liqe_patches is not None:
@@ -131,8 +108,8 @@ class Score:
         _freeze_what_lives_as_long_as_the_actor()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        metas = [json.loads(m) for m in batch["meta"]]
-        ok = [slot for slot, meta in enumerate(metas) if meta["status"] == "ok"]
+        records = [ScoreRecord(**json.loads(record)) for record in batch["record"]]
+        ok = [slot for slot, record in enumerate(records) if record.status == "ok"]
         if ok:
             items = [
                 PreparedImage(
@@ -144,13 +121,10 @@ class Score:
             ]
             scores, aux = predict(self.net, items, self.precision)
             for position, slot in enumerate(ok):
-                num_faces, box, prob = metas[slot].pop("detection")
-                detection = FaceDetection(num_faces, tuple(box) if box else None, prob)
-                aux_row = None if aux is None else aux[position]
-                metas[slot].update(result_fields(detection, float(scores[position]), aux_row, self.scale))
+                add_score(records[slot], float(scores[position]), None if aux is None else aux[position], self.scale)
         out = {name: batch[name] for name in ID_COLUMNS}
-        out["meta"] = np.array([json.dumps(m) for m in metas], dtype=object)
-        out["model"] = np.array([self.bundle_id] * len(metas), dtype=object)
+        out["record"] = np.array([json.dumps(asdict(record)) for record in records], dtype=object)
+        out["model"] = np.array([self.bundle_id] * len(records), dtype=object)
         return out
 
 

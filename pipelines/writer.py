@@ -19,28 +19,18 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipelines.storage import Storage
+from piqa_model.record import LIQE_FIELDS, RECORD_SCHEMA, ScoreRecord
 
 OUTPUT_SCHEMA = pa.schema(
     [
         ("key", pa.string()),
         ("source", pa.string()),
         ("shard", pa.string()),
-        ("status", pa.string()),
-        ("error", pa.string()),
-        ("width", pa.int32()),
-        ("height", pa.int32()),
-        ("num_faces", pa.int32()),
-        ("face_box", pa.list_(pa.float32())),  # fixed-size lists with nulls trip pyarrow readers
-        ("face_prob", pa.float32()),
-        ("score", pa.float32()),
-        ("liqe_quality", pa.float32()),
-        ("liqe_scene", pa.string()),
-        ("liqe_distortion", pa.string()),
+        *RECORD_SCHEMA,
         ("model", pa.string()),
         ("scored_at", pa.timestamp("us", tz="UTC")),
     ]
 )
-LIQE_COLUMNS = ("liqe_quality", "liqe_scene", "liqe_distortion")
 
 
 def shard_output_uri(output: str, shard_id: str) -> str:
@@ -60,28 +50,19 @@ class ShardCommitter:
     def schema(self) -> pa.Schema:
         if self.with_liqe:
             return OUTPUT_SCHEMA
-        return pa.schema([f for f in OUTPUT_SCHEMA if f.name not in LIQE_COLUMNS])
+        return pa.schema([f for f in OUTPUT_SCHEMA if f.name not in LIQE_FIELDS])
 
     def add(self, batch: pa.Table) -> None:
         """Take a batch of scored rows; commit every shard it completes."""
         now = datetime.now(UTC)
         touched = set()
         for row in batch.to_pylist():
-            meta = json.loads(row["meta"])
             shard = row["shard"]
             self.pending.setdefault(shard, {})[row["index"]] = {
                 "key": row["key"],
                 "source": row["source"],
                 "shard": shard,
-                "status": meta["status"],
-                "error": meta.get("error"),
-                "width": meta.get("width"),
-                "height": meta.get("height"),
-                "num_faces": meta.get("num_faces"),
-                "face_box": meta.get("face_box"),
-                "face_prob": meta.get("face_prob"),
-                "score": meta.get("score"),
-                **{name: meta.get(name) for name in LIQE_COLUMNS if self.with_liqe},
+                **ScoreRecord(**json.loads(row["record"])).as_row(self.with_liqe),
                 "model": row["model"],
                 "scored_at": now,
                 "_total": row["shard_total"],

@@ -25,7 +25,7 @@ from PIL import Image
 
 from piqa_model.config import ModelConfig
 from piqa_model.errors import ImageDecodeError
-from piqa_model.faces import FaceDetection, FaceDetector, face_region
+from piqa_model.faces import FaceDetection, face_region
 from piqa_model.images import DEFAULT_MAX_PIXELS, check_size, decode_upright, open_image, read_header
 
 DecodeMode = Literal["full", "draft"]
@@ -102,19 +102,6 @@ def open_preview(
     if denominator == 1:
         return Preview(image, original_size)
     return Preview(image, original_size, denominator, data, config)
-
-
-def decode_for_model(
-    data: bytes | Image.Image,
-    config: ModelConfig,
-    detector: FaceDetector,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
-    mode: DecodeMode = "draft",
-) -> ModelImage:
-    """One image: `open_preview`, detect faces, `finish`. Batches go through those steps to batch detection."""
-    preview = open_preview(data, config, detector.detect_size, max_pixels, mode)
-    [detection] = detector.detect([preview.image])
-    return preview.finish(detection)
 
 
 def _coarsest(length: int, minimum: int) -> int:

@@ -1,5 +1,8 @@
 """Exception types. Each carries a message a user can act on."""
 
+# Every status a score row can have: `ok`, or the `status` of one of the ImageError classes below.
+STATUSES = ("ok", "decode_error", "unsupported", "too_large", "read_error")
+
 
 class PiqaError(Exception):
     """Base class for every error this project raises on purpose."""
@@ -25,6 +28,12 @@ class UnsupportedImageError(ImageError):
 
 class ImageTooLargeError(ImageError):
     status = "too_large"
+
+
+class ImageReadError(ImageError):
+    """The image's bytes could not be read from its source."""
+
+    status = "read_error"
 
 
 class WeightsError(PiqaError):

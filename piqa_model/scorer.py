@@ -1,7 +1,7 @@
-"""Scoring images end to end in one process: decode -> detect faces -> prepare crops -> predict.
+"""Scoring images end to end in one process: `piqa_model.flow` (decode, detect faces, crops), then `predict`.
 
-The four steps are separate functions so that a distributed pipeline can run each where it fits
-(decode and prepare on CPU tasks, detection and prediction on actor pools) and get the same numbers.
+A distributed pipeline runs the same two steps where each fits (the flow on CPU actors, prediction beside a
+GPU) and gets the same numbers.
 """
 
 from __future__ import annotations
@@ -14,14 +14,12 @@ import torch
 from PIL import Image
 
 from piqa_model.bundle import BundleInfo, default_bundle_path, read_bundle, warn_if_untrained
-from piqa_model.calibration import ScoreScale
 from piqa_model.config import ModelConfig
-from piqa_model.crops import PreparedImage, prepare
-from piqa_model.decode import DecodeMode, ModelImage, Preview, open_preview
-from piqa_model.errors import ImageError
-from piqa_model.faces import DEFAULT_DETECT_SIZE, DEFAULT_MIN_FACE_SIZE, FaceDetection, FaceDetector
+from piqa_model.crops import PreparedImage
+from piqa_model.decode import DecodeMode
+from piqa_model.faces import DEFAULT_DETECT_SIZE, DEFAULT_MIN_FACE_SIZE, FaceDetector
+from piqa_model.flow import ImageFlow, add_score
 from piqa_model.images import DEFAULT_MAX_PIXELS
-from piqa_model.liqe import summarise
 from piqa_model.network import DualBranchNet
 
 Precision = Literal["fp32", "bf16"]
@@ -54,22 +52,6 @@ def _to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
     return tensor
 
 
-def result_fields(
-    detection: FaceDetection, raw_score: float, aux: torch.Tensor | None, scale: ScoreScale | None
-) -> dict[str, Any]:
-    """The per-image output fields shared by `Scorer.score` and the pipeline; `score` is on the bundle's scale."""
-    fields: dict[str, Any] = {
-        "num_faces": detection.num_faces,
-        "face_box": list(detection.box) if detection.box is not None else None,
-        "face_prob": detection.prob,
-        "score": float(raw_score if scale is None else scale.apply(float(raw_score))),
-    }
-    if aux is not None:
-        summary = summarise(aux.view(1, -1))[0]
-        fields.update(liqe_quality=summary.quality, liqe_scene=summary.scene, liqe_distortion=summary.distortion)
-    return fields
-
-
 class Scorer:
     """A loaded model ready to score images; see `load_bundle`.
 
@@ -95,10 +77,9 @@ class Scorer:
         self.info = info
         self.bundle_id = bundle_id
         self.batch_size = batch_size
-        self.max_pixels = max_pixels
         self.precision = precision
-        self.decode = decode
-        self.detector = FaceDetector(detect_size, min_face_size, device=net.device)
+        detector = FaceDetector(detect_size, min_face_size, device=net.device)
+        self.flow = ImageFlow(net.config, detector, max_pixels, decode)
 
     @property
     def config(self) -> ModelConfig:
@@ -118,45 +99,13 @@ class Scorer:
         return results
 
     def _score_batch(self, images: Sequence[Image.Image | bytes]) -> list[dict[str, Any]]:
-        rows: list[dict[str, Any]] = []
-        previews: list[tuple[int, Preview]] = []
-        for index, data in enumerate(images):
-            try:
-                preview = open_preview(data, self.config, self.detector.detect_size, self.max_pixels, self.decode)
-            except ImageError as exc:
-                rows.append(_error_row(exc))
-                continue
-            width, height = preview.original_size
-            rows.append({"status": "ok", "error": None, "width": width, "height": height})
-            previews.append((index, preview))
-        detections = self.detector.detect([preview.image for _, preview in previews]) if previews else []
-        decoded: list[tuple[int, ModelImage]] = []
-        for (index, preview), detection in zip(previews, detections, strict=True):
-            try:
-                decoded.append((index, preview.finish(detection)))
-            except ImageError as exc:
-                rows[index] = _error_row(exc)
-        if not decoded:
-            return rows
-        prepared = [prepare(item.image, item.detection, self.config, item.original_size) for _, item in decoded]
-        scores, aux = predict(self.net, prepared, self.precision)
-        for slot, (index, item) in enumerate(decoded):
-            aux_row = None if aux is None else aux[slot]
-            rows[index].update(result_fields(item.detection, scores[slot], aux_row, self.info.scale))
-        return rows
-
-
-def _error_row(exc: ImageError) -> dict[str, Any]:
-    return {
-        "status": exc.status,
-        "error": str(exc),
-        "width": None,
-        "height": None,
-        "num_faces": None,
-        "face_box": None,
-        "face_prob": None,
-        "score": None,
-    }
+        prepared = self.flow.prepare(images)
+        ready = [(record, inputs) for record, inputs in prepared if inputs is not None]
+        if ready:
+            scores, aux = predict(self.net, [inputs for _, inputs in ready], self.precision)
+            for slot, (record, _) in enumerate(ready):
+                add_score(record, scores[slot], None if aux is None else aux[slot], self.info.scale)
+        return [record.as_row(self.net.uses_aux) for record, _ in prepared]
 
 
 def load_bundle(path: str | Path | None = None, device: str | torch.device = "cpu", **options: Any) -> Scorer:

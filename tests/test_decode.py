@@ -21,8 +21,9 @@ from PIL import Image
 
 import piqa_model
 from piqa_model import FaceDetector, ModelConfig, predict, prepare, preset
-from piqa_model.decode import ModelImage, decode_for_model, open_preview
+from piqa_model.decode import DecodeMode, ModelImage, open_preview
 from piqa_model.faces import FaceDetection
+from piqa_model.flow import ImageFlow
 
 SMALL = preset("small")
 BOX_TOLERANCE = 0.05
@@ -70,6 +71,15 @@ def twelve_mp(london: list[Path], piq23: list[Path], tmp_path_factory) -> dict[s
     for name, image in photos.items():
         (folder / f"{name}.jpg").write_bytes(jpeg(image))
     return {name: (folder / f"{name}.jpg").read_bytes() for name in photos}
+
+
+def decode_for_model(
+    data: bytes, config: ModelConfig, detector: FaceDetector, mode: DecodeMode = "draft"
+) -> ModelImage:
+    """One good image through the flow's decode and detection."""
+    [decoded] = ImageFlow(config, detector, decode=mode).decode_and_detect([data])
+    assert decoded.image is not None, decoded.record.error
+    return decoded.image
 
 
 def both(data: bytes, detector: FaceDetector, config: ModelConfig = SMALL) -> tuple[ModelImage, ModelImage]:
@@ -252,7 +262,7 @@ def test_prepare_stage_and_cli_pass_the_mode(twelve_mp):
         mode: Prepare(SMALL, detect_size=640, min_face_size=20, max_pixels=10**8, decode=mode)(batch)
         for mode in ("full", "draft")
     }
-    metas = {mode: [json.loads(m) for m in out["meta"]] for mode, out in outputs.items()}
+    metas = {mode: [json.loads(m) for m in out["record"]] for mode, out in outputs.items()}
     assert [m["status"] for m in metas["draft"]] == [m["status"] for m in metas["full"]] == ["ok", "decode_error"]
     assert metas["draft"][0]["width"] == metas["full"][0]["width"] == 3464
     diff = np.abs(outputs["draft"]["face"][0].astype(float) - outputs["full"]["face"][0].astype(float))

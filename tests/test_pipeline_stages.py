@@ -56,7 +56,7 @@ def stages(shared_dir, tmp_path_factory) -> Stages:
 
 def assert_same_rows(a_rows: dict[str, np.ndarray], b_rows: dict[str, np.ndarray], stages: Stages) -> None:
     assert list(a_rows["key"]) == list(b_rows["key"]) == list(stages.batch["key"])
-    for a_meta, b_meta, key in zip(a_rows["meta"], b_rows["meta"], a_rows["key"], strict=True):
+    for a_meta, b_meta, key in zip(a_rows["record"], b_rows["record"], a_rows["key"], strict=True):
         a, b = json.loads(a_meta), json.loads(b_meta)
         assert a["status"] == b["status"] == stages.corpus.expected[key]
         if a["status"] == "ok":

@@ -118,7 +118,8 @@ def test_killed_job_resumes_from_its_last_checkpoint(tiny_data, tmp_path, repo_r
         return bool(registered_checkpoints(tmp_path / "runs"))
 
     kill_driver_when(command, repo_root, env, registered, 300, "a registered checkpoint")
-    assert load_state(str(registered_checkpoints(tmp_path / "runs")[-1]))["epoch"] < epochs, "the kill should land mid-run"
+    killed_at = load_state(str(registered_checkpoints(tmp_path / "runs")[-1]))["epoch"]
+    assert killed_at < epochs, "the kill should land mid-run"
 
     rerun = subprocess.run(command, cwd=repo_root, env=env, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-3000:]

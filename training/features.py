@@ -13,16 +13,19 @@ import hashlib
 import io
 import json
 import posixpath
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipelines.storage import Storage
-from piqa_model import ImageError, open_image
+from piqa_model import ModelConfig
+from piqa_model.decode import DecodeMode
+from piqa_model.errors import ImageReadError
 from piqa_model.faces import FaceDetection, FaceDetector
+from piqa_model.flow import ImageFlow
+from piqa_model.images import to_uint8_tensor_chw
 
 CACHE_SCHEMA = pa.schema(
     [
@@ -40,14 +43,20 @@ CACHE_SCHEMA = pa.schema(
 
 @dataclass(frozen=True)
 class FeatureSpec:
-    """What the cached features depend on."""
+    """What the cached features depend on. Images go through `piqa score`'s own decode and detection
+    (`piqa_model.flow`, `decode` as its default), so a training image's face box is the one scoring finds."""
 
     detect_size: int
     min_face_size: int
     liqe_weights: str | None  # a digest of the LIQE weights; None: the head reads no LIQE features
+    model: ModelConfig = field(compare=False)  # the network trained: its input size sets the preview's decode
+    decode: DecodeMode = "draft"
 
     def fingerprint(self) -> str:
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
+        decode = {"decode": self.decode, "resize": self.model.resize, "full": self.model.aux == "liqe"}
+        made_by = {"detect_size": self.detect_size, "min_face_size": self.min_face_size, **decode}
+        document = {**made_by, "liqe_weights": self.liqe_weights}
+        return hashlib.sha256(json.dumps(document, sort_keys=True).encode()).hexdigest()[:12]
 
 
 @dataclass(frozen=True)
@@ -59,11 +68,9 @@ class ImageFeatures:
 class FeatureExtractor:
     """Ray Data actor: uri batch in, cache rows out. `liqe_files` (bundle bytes) when LIQE features are needed."""
 
-    def __init__(
-        self, storage: Storage, detect_size: int, min_face_size: int, liqe_files: dict[str, bytes] | None
-    ) -> None:
+    def __init__(self, storage: Storage, spec: FeatureSpec, liqe_files: dict[str, bytes] | None) -> None:
         self.storage = storage
-        self.detector = FaceDetector(detect_size, min_face_size)
+        self.flow = ImageFlow(spec.model, FaceDetector(spec.detect_size, spec.min_face_size), decode=spec.decode)
         self.net = None
         if liqe_files is not None:
             from piqa_model.bundle import read_bundle_files
@@ -74,31 +81,21 @@ class FeatureExtractor:
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
         import torch
 
+        uris = [str(uri) for uri in batch["uri"]]
         rows = []
-        for uri in batch["uri"]:
-            row: dict[str, Any] = dict.fromkeys(CACHE_SCHEMA.names)
-            row["uri"] = str(uri)
-            try:
-                image = open_image(self.storage.read_bytes(row["uri"]))
-            except (ImageError, OSError) as exc:
-                row["error"] = f"{type(exc).__name__}: {exc}"
-                rows.append(row)
-                continue
-            detection = self.detector.detect([image])[0]
-            row.update(
-                width=image.width,
-                height=image.height,
-                num_faces=detection.num_faces,
-                face_box=None if detection.box is None else list(detection.box),
-                face_prob=detection.prob,
-            )
-            if self.net is not None:
-                from piqa_model.images import to_uint8_tensor_chw
-
+        for uri, item in zip(uris, self.flow.decode_and_detect([self._read(uri) for uri in uris]), strict=True):
+            row = {name: getattr(item.record, name, None) for name in CACHE_SCHEMA.names} | {"uri": uri}
+            if item.image is not None and self.net is not None:  # a LIQE network's flow decodes in full
                 with torch.no_grad():
-                    row["aux"] = self.net.aux_features(to_uint8_tensor_chw(image).unsqueeze(0))[0].tolist()
+                    row["aux"] = self.net.aux_features(to_uint8_tensor_chw(item.image.image).unsqueeze(0))[0].tolist()
             rows.append(row)
         return pa.Table.from_pylist(rows, schema=CACHE_SCHEMA)
+
+    def _read(self, uri: str) -> bytes | ImageReadError:
+        try:
+            return self.storage.read_bytes(uri)
+        except OSError as exc:
+            return ImageReadError(f"{type(exc).__name__}: {exc}")
 
 
 def cache_uri(cache_dir: str, spec: FeatureSpec) -> str:
@@ -127,12 +124,7 @@ def load_or_compute(
             ray.data.from_items([{"uri": uri} for uri in missing])
             .map_batches(
                 FeatureExtractor,
-                fn_constructor_kwargs=dict(
-                    storage=storage,
-                    detect_size=spec.detect_size,
-                    min_face_size=spec.min_face_size,
-                    liqe_files=liqe_files,
-                ),
+                fn_constructor_kwargs=dict(storage=storage, spec=spec, liqe_files=liqe_files),
                 compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, actors)),
                 batch_size=16,
                 batch_format="numpy",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import logging
 import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -144,7 +145,8 @@ def feature_spec(config: TrainConfig, bundle: dict[str, bytes], uses_aux: bool) 
         for name in sorted(k for k in weights if k.startswith("liqe.")):
             hasher.update(name.encode() + weights[name].contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
         digest = hasher.hexdigest()[:12]
-    return FeatureSpec(config.data.detect_size, config.data.min_face_size, digest)
+    model = read_bundle_config(bundle)[0]
+    return FeatureSpec(config.data.detect_size, config.data.min_face_size, digest, model)
 
 
 def _features(
@@ -167,8 +169,10 @@ def _features(
 
 def _fit(config: TrainConfig, inputs: LoopInputs, run_name: str) -> str:
     """Run (or resume) the Ray Train job; the local directory of its last checkpoint."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
+
+    from pipelines.runtime import ray_log_level
 
     storage_path, filesystem = _train_storage(config)
     resources = {"CPU": config.cpus_per_worker} | ({"GPU": 1} if config.use_gpu else {})
@@ -184,6 +188,7 @@ def _fit(config: TrainConfig, inputs: LoopInputs, run_name: str) -> str:
             storage_filesystem=filesystem,
             failure_config=FailureConfig(max_failures=config.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
+            logging_config=LoggingConfig(log_level=logging.getLevelName(ray_log_level())),
         ),
     )
     result = trainer.fit()
