@@ -190,6 +190,11 @@ def doc_commands() -> list[tuple[str, list[str]]]:
 
 
 @pytest.mark.parametrize("path", YAML_FILES, ids=rel)
+def test_the_licence_is_an_spdx_expression():
+    # The `{text = ...}` table form makes every install print a setuptools deprecation warning.
+    assert PYPROJECT["project"]["license"] == "Apache-2.0"
+
+
 def test_yaml_parses_into_mappings(path):
     docs = documents(path)
     assert docs and all(isinstance(doc, dict) for doc in docs)
