@@ -190,11 +190,6 @@ def doc_commands() -> list[tuple[str, list[str]]]:
 
 
 @pytest.mark.parametrize("path", YAML_FILES, ids=rel)
-def test_the_licence_is_an_spdx_expression():
-    # The `{text = ...}` table form makes every install print a setuptools deprecation warning.
-    assert PYPROJECT["project"]["license"] == "Apache-2.0"
-
-
 def test_yaml_parses_into_mappings(path):
     docs = documents(path)
     assert docs and all(isinstance(doc, dict) for doc in docs)
@@ -581,3 +576,8 @@ def test_doc_commands_parse_with_the_real_command_lines(where, argv):
     """`piqa ...`, `python -m jobs.X ...` (also inside `ray job submit -- ...`), `ray ...` and `mlflow ...` are
     parsed by the programs' own parsers; every repository path a command names exists."""
     check_command(argv)
+
+
+def test_the_licence_is_an_spdx_expression():
+    # The `{text = ...}` table form makes every install print a setuptools deprecation warning.
+    assert PYPROJECT["project"]["license"] == "Apache-2.0"
