@@ -1,20 +1,19 @@
 """Fetching the original bytes of scored rows again, from the `source` each score row names.
 
 `source` is the image file's URI for folder inputs, and the tar or Parquet URI for container inputs (where
-the row's `key` finds the record inside). The container is re-read with the scoring pipeline's own readers,
-so a key means here exactly what it meant when the row was scored.
+the row's `key` finds the record inside). The container is re-read by the format that read it for scoring
+(`pipelines.formats`), so a key means here exactly what it meant when the row was scored.
 """
 
 from __future__ import annotations
 
 import io
-import posixpath
 from collections.abc import Collection
-from dataclasses import dataclass
 
 from PIL import Image, UnidentifiedImageError
 
-from pipelines.readers import Record, read_records
+from pipelines import formats
+from pipelines.formats.base import Record, SourceFormat
 from pipelines.shards import Shard, image_extension
 from pipelines.storage import Storage
 
@@ -22,21 +21,10 @@ _PIL_EXTENSIONS = {"JPEG": "jpg", "MPO": "jpg", "PNG": "png", "WEBP": "webp", "G
 _PIL_EXTENSIONS |= {"TIFF": "tif", "JPEG2000": "jp2"}
 
 
-@dataclass(frozen=True)
-class SourceFormat:
-    """How Parquet inputs hold their images (as given to `piqa score`); tars and files need nothing."""
-
-    image_column: str = "jpg"
-    key_column: str = "key"
-
-
 def source_shard(source: str) -> Shard:
-    """The input shard to re-read for rows whose `source` is `source`."""
-    if source.endswith(".tar"):
-        return Shard(posixpath.basename(source), "tar", source)
-    if source.endswith(".parquet"):
-        return Shard(posixpath.basename(source), "parquet", source)
-    return Shard(posixpath.basename(source), "files", posixpath.dirname(source), (source,))
+    """The input shard to re-read for rows whose `source` is `source`: the container a format recognises, else
+    the image file itself."""
+    return (formats.for_path(source) or formats.get("files")).source_shard(source)
 
 
 def fetch_records(
@@ -47,8 +35,8 @@ def fetch_records(
     A container is read once for all its keys. For an image file, `keys` names the one key scored from it.
     """
     shard = source_shard(source)
-    records = read_records(shard, storage, source_format.image_column, source_format.key_column)
-    if shard.kind == "files":
+    records = formats.get(shard.kind).read(shard, storage, source_format)
+    if shard.files:  # the source is the image file: its one record is the one key scored from it
         return {key: records[0] for key in keys}
     wanted = set(keys)
     found: dict[str, Record] = {}
