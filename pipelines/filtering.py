@@ -35,7 +35,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from piqa_model.errors import STATUSES
+from pipelines.writer import OUTPUT_SCHEMA
+from piqa_model.errors import STATUSES, ConfigError, PiqaError
 
 RULES = ("status", "require_face", "min_face_prob", "min_score", "bottom_fraction", "top_fraction")
 KEPT = "kept"
@@ -44,27 +45,15 @@ CANONICAL_ORDER = [("shard", "ascending"), ("key", "ascending"), ("source", "asc
 GROUP = "group"
 # kept.parquet and dropped.parquet: the score columns the rules read, `group` (the row's --per value as
 # text, null without --per) and `decided_by`, whatever the rules.
+SCORE_COLUMNS = ("key", "source", "shard", "status", "error", "score", "num_faces", "face_prob", "model")
 MANIFEST_SCHEMA = pa.schema(
-    [
-        ("key", pa.string()),
-        ("source", pa.string()),
-        ("shard", pa.string()),
-        ("status", pa.string()),
-        ("error", pa.string()),
-        ("score", pa.float32()),
-        ("num_faces", pa.int32()),
-        ("face_prob", pa.float32()),
-        ("model", pa.string()),
-        (GROUP, pa.string()),
-        (DECIDED_BY, pa.string()),
-    ]
+    [OUTPUT_SCHEMA.field(name) for name in SCORE_COLUMNS] + [(GROUP, pa.string()), (DECIDED_BY, pa.string())]
 )
-SCORE_COLUMNS = tuple(name for name in MANIFEST_SCHEMA.names if name not in (GROUP, DECIDED_BY))
 SCORING_METADATA_KEY = "piqa.scoring"  # manifest metadata: JSON of the model that made the scores
 NULL_GROUP = "(null)"
 
 
-class FilterError(ValueError):
+class FilterError(PiqaError, ValueError):
     """Rules that cannot apply to this score table (a missing or unusable column)."""
 
 
@@ -82,16 +71,16 @@ class FilterConfig:
 
     def __post_init__(self) -> None:
         if not self.statuses:
-            raise ValueError("statuses must name at least one status, e.g. ok")
+            raise ConfigError("statuses must name at least one status, e.g. ok")
         unknown = [status for status in self.statuses if status not in STATUSES]
         if unknown:
-            raise ValueError(f"unknown status(es) {', '.join(unknown)}; the statuses are {', '.join(STATUSES)}")
+            raise ConfigError(f"unknown status(es) {', '.join(unknown)}; the statuses are {', '.join(STATUSES)}")
         for name in ("top_fraction", "bottom_fraction"):
             value = getattr(self, name)
             if value is not None and not 0.0 <= value <= 1.0:
-                raise ValueError(f"{name} must be between 0 and 1, got {value}")
+                raise ConfigError(f"{name} must be between 0 and 1, got {value}")
         if self.min_face_prob is not None and not 0.0 <= self.min_face_prob <= 1.0:
-            raise ValueError(f"min_face_prob must be between 0 and 1, got {self.min_face_prob}")
+            raise ConfigError(f"min_face_prob must be between 0 and 1, got {self.min_face_prob}")
 
     @property
     def uses_fractions(self) -> bool:

@@ -10,30 +10,32 @@ from datetime import UTC, datetime
 from typing import Any
 
 import ray
-from ray.data import ActorPoolStrategy
 
 from pipelines.config import ScoreConfig
-from pipelines.layout import READ_TASK_CPUS, plan_layout
+from pipelines.layout import READ_TASK_CPUS, Layout, plan_layout
+from pipelines.plan import Stage, run_stages
 from pipelines.readers import read_shards, read_units
 from pipelines.resume import JOB_RECORD, JobRecord, continue_job
 from pipelines.runtime import ensure_ray
-from pipelines.shards import Shard, list_shards
+from pipelines.shards import list_shards
 from pipelines.stages import Prepare, PrepareAndScore, Score
 from pipelines.storage import Storage
 from pipelines.writer import ShardCommitter, shard_output_uri
-from piqa_model import ModelConfig
+from piqa_model import ModelConfig, PiqaError
 from piqa_model.bundle import (
     bundle_files,
     default_bundle_path,
+    read_bundle_config,
     read_bundle_files,
     warn_if_untrained,
 )
 from piqa_model.calibration import describe_scale
 
 MANIFEST = "_manifest.json"
+DATASET = "a ray.data.Dataset"  # what `score_dataset` puts in its config's input and output
 
 
-class IncompleteRunError(RuntimeError):
+class IncompleteRunError(PiqaError, RuntimeError):
     """The dataset ended with shards still missing rows (should never happen; rerun to resume)."""
 
 
@@ -90,9 +92,11 @@ def run_scoring(config: ScoreConfig) -> RunSummary:
     committer = ShardCommitter(config.output, storage, with_liqe=model_config.aux == "liqe")
     if todo:
         ensure_ray()
-        for batch in _build_dataset(todo, config, storage, model_config, files).iter_batches(
-            batch_format="pyarrow", batch_size=None
-        ):
+        layout = _cluster_layout(config)
+        units = read_units(todo, layout.block_rows)
+        stages = [_read_stage(config, storage, layout), *model_stages(config, layout, model_config, files, len(units))]
+        dataset = run_stages(ray.data.from_items(units, override_num_blocks=len(units)), stages)
+        for batch in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
             committer.add(batch)
         if committer.pending:
             raise IncompleteRunError(f"shards left incomplete: {sorted(committer.pending)[:5]}; rerun to resume")
@@ -111,28 +115,37 @@ def run_scoring(config: ScoreConfig) -> RunSummary:
     return summary
 
 
-def _build_dataset(
-    shards: list[Shard], config: ScoreConfig, storage: Storage, model_config: ModelConfig, files: dict
+def score_dataset(
+    ds: ray.data.Dataset, bundle: str | None = None, *, image_column: str = "jpg", **settings: Any
 ) -> ray.data.Dataset:
-    resources = ray.cluster_resources()
-    node_cpus = min(node["Resources"].get("CPU", 1.0) for node in ray.nodes() if node["Alive"])
-    layout = plan_layout(config, resources.get("CPU", 1.0), resources.get("GPU", 0.0), node_cpus)
-    units = read_units(shards, layout.block_rows)
-    ds = ray.data.from_items(units, override_num_blocks=len(units))
-    ds = ds.map_batches(
-        read_shards,
-        batch_size=1,
-        batch_format="numpy",
-        num_cpus=READ_TASK_CPUS,
-        fn_kwargs=dict(
-            storage=storage,
-            image_column=config.image_column,
-            key_column=config.key_column,
-            chunk_size=layout.block_rows,
-        ),
-    )
+    """`ds` scored: the building block for Ray Data pipelines of your own (`piqa score` is this plus shards).
+
+    `ds` holds encoded images in `image_column`; its other columns pass through (a key to join on, say). Each
+    row comes out with those columns, the `ScoreRecord` fields (status, error, width, height, num_faces,
+    face_box, face_prob, score, and liqe_* with the LIQE branch) and `model` (the bundle's id); a broken image
+    is a row with its status, never an error. `settings` are `ScoreConfig`'s model and layout settings
+    (detect_size, crop_mode, decode, precision, batch_size, score_actors, ...). Joins the Ray cluster of
+    RAY_ADDRESS or starts a local one, as the job does.
+    """
+    config = ScoreConfig(input=DATASET, output=DATASET, bundle=bundle, image_column=image_column, **settings)
+    ensure_ray()
+    files = bundle_files(config.bundle or default_bundle_path())
+    model_config = read_bundle_config(files)[0].with_crop_mode(config.crop_mode)
+    images = ds if image_column == "data" else ds.rename_columns({image_column: "data"})
+    # Pools start with one actor and grow into what the cluster has: the dataset's own read tasks (a CPU each
+    # by default) must still find room, or a cluster filled with scoring actors would wait for them forever.
+    return run_stages(images, model_stages(config, _cluster_layout(config), model_config, files, most_actors=1))
+
+
+def model_stages(
+    config: ScoreConfig, layout: Layout, model: ModelConfig, files: dict[str, bytes], most_actors: int | None = None
+) -> list[Stage]:
+    """Decode, detect, crop and score, as `layout` spreads them: one fused stage without GPUs (crops never
+    cross the object store), CPU prepare actors feeding GPU scoring actors otherwise. No pool starts with more
+    than `most_actors` actors (a few images should not pay for actors that would sit idle); it may grow to its
+    max when a tar or parquet unit turns out to hold many blocks."""
     prepare_args = dict(
-        config=model_config,
+        config=model,
         detect_size=config.detect_size,
         min_face_size=config.min_face_size,
         max_pixels=config.max_pixels,
@@ -140,37 +153,38 @@ def _build_dataset(
     )
     score, prepare = layout.score, layout.prepare
     score_args = dict(bundle_files=files, precision=config.precision, threads=score.threads, compile=config.compile)
-    options = dict(batch_size=layout.batch_size, batch_format="numpy")
+
+    def pool(sizes: tuple[int, int]) -> tuple[int, int]:
+        low, high = sizes
+        return (low if most_actors is None else min(low, most_actors)), high
+
     if prepare is None:
-        return ds.map_batches(
-            PrepareAndScore,
-            fn_constructor_kwargs=dict(prepare=prepare_args | dict(threads=score.threads), score=score_args),
-            compute=_pool(score.size, len(units)),
-            num_cpus=score.cpus,
-            **options,
-        )
-    ds = ds.map_batches(
-        Prepare,
-        fn_constructor_kwargs=prepare_args | dict(threads=prepare.threads),
-        compute=_pool(prepare.size, len(units)),
-        num_cpus=prepare.cpus,
-        **options,
-    )
-    return ds.map_batches(
-        Score,
-        fn_constructor_kwargs=score_args,
-        compute=_pool(score.size, len(units)),
-        num_cpus=score.cpus,
-        num_gpus=score.gpus,
-        **options,
-    )
+        fused = dict(prepare=prepare_args | dict(threads=score.threads), score=score_args)
+        return [
+            Stage("prepare-and-score", PrepareAndScore, fused, layout.batch_size, score.cpus, pool=pool(score.size))
+        ]
+    return [
+        Stage(
+            "prepare",
+            Prepare,
+            prepare_args | dict(threads=prepare.threads),
+            layout.batch_size,
+            prepare.cpus,
+            pool=pool(prepare.size),
+        ),
+        Stage("score", Score, score_args, layout.batch_size, score.cpus, score.gpus, pool(score.size)),
+    ]
 
 
-def _pool(sizes: tuple[int, int], units: int) -> ActorPoolStrategy:
-    """A pool that starts no more actors than there are read units (a few images should not pay for actors
-    that would sit idle); it may grow to its max when a tar or parquet unit turns out to hold many blocks."""
-    low, high = sizes
-    return ActorPoolStrategy(min_size=min(low, units), max_size=high)
+def _read_stage(config: ScoreConfig, storage: Storage, layout: Layout) -> Stage:
+    options = dict(image_column=config.image_column, key_column=config.key_column, chunk_size=layout.block_rows)
+    return Stage("read", read_shards, dict(storage=storage, **options), batch_size=1, cpus=READ_TASK_CPUS)
+
+
+def _cluster_layout(config: ScoreConfig) -> Layout:
+    resources = ray.cluster_resources()
+    node_cpus = min(node["Resources"].get("CPU", 1.0) for node in ray.nodes() if node["Alive"])
+    return plan_layout(config, resources.get("CPU", 1.0), resources.get("GPU", 0.0), node_cpus)
 
 
 def _finished_shards(output: str, storage: Storage) -> set[str]:

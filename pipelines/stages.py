@@ -13,6 +13,7 @@ from dataclasses import asdict
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import torch
 
 from piqa_model import ModelConfig, PreparedImage, predict
@@ -21,9 +22,10 @@ from piqa_model.decode import DecodeMode
 from piqa_model.errors import ImageReadError
 from piqa_model.faces import FaceDetector
 from piqa_model.flow import ImageFlow, add_score
-from piqa_model.record import ScoreRecord
+from piqa_model.record import ScoreRecord, record_schema
 
-ID_COLUMNS = ("key", "source", "shard", "index", "shard_total")
+IMAGE_COLUMNS = ("data", "read_error")  # the encoded image, or why it could not be read (optional)
+INPUT_COLUMNS = ("overall", "face", "patches", "record")  # what Prepare hands Score
 
 
 class Prepare:
@@ -44,12 +46,13 @@ class Prepare:
         _freeze_what_lives_as_long_as_the_actor()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        errors = batch.get("read_error", [None] * len(batch["data"]))
         images = [
-            ImageReadError(read_error or "no bytes") if read_error is not None or data is None else bytes(data)
-            for data, read_error in zip(batch["data"], batch["read_error"], strict=True)
+            ImageReadError(error or "no bytes") if error is not None or data is None else bytes(data)
+            for data, error in zip(batch["data"], errors, strict=True)
         ]
         prepared = self.flow.prepare(images)
-        out = {name: batch[name] for name in ID_COLUMNS}
+        out = {name: values for name, values in batch.items() if name not in IMAGE_COLUMNS}
         out["record"] = np.array([json.dumps(asdict(record)) for record, _ in prepared], dtype=object)
         out.update(_stack_inputs([inputs for _, inputs in prepared], self.flow.config))
         return out
@@ -58,9 +61,9 @@ class Prepare:
 def _freeze_what_lives_as_long_as_the_actor() -> None:
     """Take the modules and the model, loaded once per actor, out of the garbage collector's view (`gc.freeze`).
 
-    They live until the actor exits, and Python's last collection at exit walked all of them (half a million
-    objects): about 1.5 s of CPU per actor after a job's last row, taken from whatever runs next on the node
-    (the next dataset of the same driver, another job). Frozen, the actor exits in about 0.3 s. The collection
+    They live until the actor exits, and Python's last collection at exit walked all of them: seconds of CPU per
+    actor after a job's last row, taken from whatever runs next on the node (the next dataset of the same driver,
+    another job); frozen, the actor exits much sooner (BENCHMARKS.md, "Scoring throughput"). The collection
     first frees what loading left behind, so that no garbage is frozen with it.
     """
     gc.collect()
@@ -107,7 +110,8 @@ class Score:
             self.net.compile_backbones()
         _freeze_what_lives_as_long_as_the_actor()
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
+        """The batch's own columns (Prepare's inputs left out), the `ScoreRecord` fields, and `model`."""
         records = [ScoreRecord(**json.loads(record)) for record in batch["record"]]
         ok = [slot for slot, record in enumerate(records) if record.status == "ok"]
         if ok:
@@ -122,10 +126,12 @@ class Score:
             scores, aux = predict(self.net, items, self.precision)
             for position, slot in enumerate(ok):
                 add_score(records[slot], float(scores[position]), None if aux is None else aux[position], self.scale)
-        out = {name: batch[name] for name in ID_COLUMNS}
-        out["record"] = np.array([json.dumps(asdict(record)) for record in records], dtype=object)
-        out["model"] = np.array([self.bundle_id] * len(records), dtype=object)
-        return out
+        with_liqe = self.net.uses_aux
+        table = pa.table({name: values for name, values in batch.items() if name not in INPUT_COLUMNS})
+        scored = pa.Table.from_pylist([r.as_row(with_liqe) for r in records], schema=record_schema(with_liqe))
+        for field, column in zip(scored.schema, scored.columns, strict=True):
+            table = table.append_column(field, column)
+        return table.append_column("model", pa.array([self.bundle_id] * len(records), pa.string()))
 
 
 class PrepareAndScore:
@@ -135,5 +141,5 @@ class PrepareAndScore:
         self.prepare = Prepare(**prepare)
         self.score = Score(**score, device="cpu")
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
         return self.score(self.prepare(batch))

@@ -8,7 +8,6 @@ file as done. Rows are keyed by their position in the shard, so a retried batch 
 from __future__ import annotations
 
 import io
-import json
 import posixpath
 from collections import Counter
 from dataclasses import dataclass, field
@@ -19,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipelines.storage import Storage
-from piqa_model.record import LIQE_FIELDS, RECORD_SCHEMA, ScoreRecord
+from piqa_model.record import LIQE_FIELDS, RECORD_SCHEMA
 
 OUTPUT_SCHEMA = pa.schema(
     [
@@ -56,14 +55,10 @@ class ShardCommitter:
         """Take a batch of scored rows; commit every shard it completes."""
         now = datetime.now(UTC)
         touched = set()
+        stored = [name for name in self.schema.names if name != "scored_at"]
         for row in batch.to_pylist():
             shard = row["shard"]
-            self.pending.setdefault(shard, {})[row["index"]] = {
-                "key": row["key"],
-                "source": row["source"],
-                "shard": shard,
-                **ScoreRecord(**json.loads(row["record"])).as_row(self.with_liqe),
-                "model": row["model"],
+            self.pending.setdefault(shard, {})[row["index"]] = {name: row[name] for name in stored} | {
                 "scored_at": now,
                 "_total": row["shard_total"],
             }

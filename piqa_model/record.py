@@ -48,3 +48,8 @@ RECORD_SCHEMA = pa.schema(
         ("liqe_distortion", pa.string()),
     ]
 )
+
+
+def record_schema(with_liqe: bool) -> pa.Schema:
+    """`RECORD_SCHEMA`, without the LIQE fields for bundles without the LIQE branch."""
+    return RECORD_SCHEMA if with_liqe else pa.schema([f for f in RECORD_SCHEMA if f.name not in LIQE_FIELDS])

@@ -7,7 +7,6 @@ the two stages is the same wherever they run.
 from __future__ import annotations
 
 import gc
-import json
 import warnings
 from dataclasses import dataclass
 
@@ -54,10 +53,9 @@ def stages(shared_dir, tmp_path_factory) -> Stages:
     return Stages(corpus, files, prepare_args, batch, prepared)
 
 
-def assert_same_rows(a_rows: dict[str, np.ndarray], b_rows: dict[str, np.ndarray], stages: Stages) -> None:
-    assert list(a_rows["key"]) == list(b_rows["key"]) == list(stages.batch["key"])
-    for a_meta, b_meta, key in zip(a_rows["record"], b_rows["record"], a_rows["key"], strict=True):
-        a, b = json.loads(a_meta), json.loads(b_meta)
+def assert_same_rows(a_rows: pa.Table, b_rows: pa.Table, stages: Stages) -> None:
+    assert a_rows["key"].to_pylist() == b_rows["key"].to_pylist() == list(stages.batch["key"])
+    for a, b, key in zip(a_rows.to_pylist(), b_rows.to_pylist(), a_rows["key"].to_pylist(), strict=True):
         assert a["status"] == b["status"] == stages.corpus.expected[key]
         if a["status"] == "ok":
             assert np.isclose(a["score"], b["score"], atol=1e-5) and a["face_box"] == b["face_box"]
@@ -89,7 +87,8 @@ def test_actors_take_what_they_loaded_out_of_the_collectors_view(stages):
 
 
 def test_cli_speed_flags_reach_the_config():
-    from jobs.cli import build_parser, score_config_from_args
+    from jobs.cli import build_parser
+    from jobs.score import score_config_from_args
 
     default = score_config_from_args(build_parser().parse_args(["score", "in", "--out", "out"]))
     assert (default.compile, default.precision) == (False, "fp32")
