@@ -6,7 +6,7 @@ PYTHON ?= python3
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-# Network hygiene for every run and test: nothing talks to any address but loopback (../shared/docs/design.md).
+# Network hygiene for every run and test: nothing talks to any address but loopback (pipelines/runtime.py).
 # Not for the install step, which needs the package index (the dead proxy would block it).
 HYGIENE := env RAY_USAGE_STATS_ENABLED=0 MLFLOW_DISABLE_TELEMETRY=true DO_NOT_TRACK=true \
 	AWS_EC2_METADATA_DISABLED=true HF_HUB_OFFLINE=1 HTTP_PROXY=http://127.0.0.1:9 HTTPS_PROXY=http://127.0.0.1:9 \

@@ -5,125 +5,17 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import sys
-import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from types import ModuleType
 
-from pipelines.runtime import apply_local_hygiene, set_ray_verbose
-
-
-class UsageError(Exception):
-    """A wrong flag or value on the command line."""
-
-
-class Parser(argparse.ArgumentParser):
-    """argparse that reports a usage error in one line instead of printing the usage block."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise UsageError(f"{message} (see `{self.prog} --help`)")
-
-
-def _actors(text: str) -> tuple[int, int]:
-    try:
-        low, _, high = text.partition(",")
-        return int(low), int(high or low)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected MIN,MAX or N, got {text!r}") from None
-
-
-def add_verbose_argument(parser: argparse.ArgumentParser) -> None:
-    """`--verbose` for the commands that run Ray (`run` applies it)."""
-    parser.add_argument(
-        "--verbose",
-        action="store_true",
-        help="also print Ray's own INFO logs (cluster start, Ray Data's plans, progress lines)",
-    )
-
-
-def add_score_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("input", help="a .tar/.parquet file, or a folder/prefix of them or of images (local or s3://)")
-    parser.add_argument("--out", required=True, help="output folder/prefix for the Parquet scores")
-    parser.add_argument("--bundle", help="model bundle directory or URI (default: the shipped default bundle)")
-    parser.add_argument("--s3-endpoint", help="S3-compatible endpoint URL (default: $AWS_ENDPOINT_URL)")
-    parser.add_argument("--shard-size", type=int, default=1000, help="images per shard for a folder of images")
-    parser.add_argument("--image-column", default="jpg", help="image-bytes column of Parquet inputs")
-    parser.add_argument("--key-column", default="key", help="key column of Parquet inputs")
-    parser.add_argument("--overwrite", action="store_true", help="start over instead of resuming")
-    parser.add_argument("--batch-size", type=int, help="images per model forward (default: 32 on GPU, 1 on CPU)")
-    parser.add_argument(
-        "--prepare-actors",
-        type=_actors,
-        metavar="MIN,MAX",
-        help="GPU clusters: CPU actors feeding the GPUs (default: every CPU left)",
-    )
-    parser.add_argument(
-        "--score-actors", type=_actors, metavar="MIN,MAX", help="model actors (default: one per GPU, else one per core)"
-    )
-    parser.add_argument("--gpus-per-actor", type=float, help="GPUs per scoring actor (default: 1 if any, else CPU)")
-    parser.add_argument(
-        "--cpus-per-actor",
-        type=float,
-        help="CPUs (and torch threads, rounded up) per actor (default: 1 or just under)",
-    )
-    parser.add_argument("--detect-size", type=int, default=640, help="longest side of the face-detection preview")
-    parser.add_argument("--min-face-size", type=int, default=20, help="smallest face sought, in preview pixels")
-    parser.add_argument(
-        "--crop-mode", choices=("five", "center"), help="crops per branch (default: the bundle's own; dn-piqa: five)"
-    )
-    parser.add_argument(
-        "--precision", choices=("fp32", "bf16"), default="fp32", help="bf16: autocast (GPU, AVX512-BF16)"
-    )
-    parser.add_argument(
-        "--compile",
-        action="store_true",
-        help="torch.compile the model in each scoring actor: faster on long GPU jobs, a compile per batch shape",
-    )
-    parser.add_argument("--max-pixels", type=int, default=100_000_000, help="larger images become too_large rows")
-    parser.add_argument(
-        "--decode",
-        choices=("full", "draft"),
-        default="draft",
-        help="draft: decode JPEGs only as finely as detection and the model need (default); full: every pixel",
-    )
-    add_verbose_argument(parser)
-
-
-def score_config_from_args(args: argparse.Namespace):
-    from pipelines.config import ScoreConfig
-
-    return ScoreConfig(
-        input=args.input,
-        output=args.out,
-        bundle=args.bundle,
-        s3_endpoint=args.s3_endpoint,
-        shard_size=args.shard_size,
-        image_column=args.image_column,
-        key_column=args.key_column,
-        overwrite=args.overwrite,
-        batch_size=args.batch_size,
-        prepare_actors=args.prepare_actors,
-        score_actors=args.score_actors,
-        gpus_per_actor=args.gpus_per_actor,
-        cpus_per_actor=args.cpus_per_actor,
-        detect_size=args.detect_size,
-        min_face_size=args.min_face_size,
-        precision=args.precision,
-        compile=args.compile,
-        crop_mode=args.crop_mode,
-        max_pixels=args.max_pixels,
-        decode=args.decode,
-    )
-
-
-def cmd_score(args: argparse.Namespace) -> int:
-    from pipelines.score import run_scoring
-
-    summary = run_scoring(score_config_from_args(args))
-    _banner_if_untrained(summary.model_trained, summary.model)
-    print(summary.line())
-    return 0
+from jobs import common
+from jobs import data as data_job
+from jobs import filter as filter_job
+from jobs import report as report_job
+from jobs import retrain as retrain_job
+from jobs import score as score_job
+from jobs.common import Parser, banner_if_untrained
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -142,7 +34,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         document = {"model": scorer.bundle_id, "trained": scorer.trained, "score_scale": scale, "results": rows}
         print(json.dumps(document, indent=2))
     else:
-        _banner_if_untrained(scorer.trained, scorer.bundle_id)
+        banner_if_untrained(scorer.trained, scorer.bundle_id)
         print(f"scores: {scale}")
         for row in rows:
             score = f"{row['score']:8.4f}" if row["score"] is not None else "       -"
@@ -205,37 +97,11 @@ def _sha256(path: str) -> str:
     return digest.hexdigest()
 
 
-def _banner_if_untrained(trained: bool, model: str) -> None:
-    if not trained:
-        line = "!" * 78
-        print(
-            f"{line}\n!! UNTRAINED MODEL '{model}': random weights, the scores below MEAN NOTHING.\n"
-            f"!! Import real weights: piqa weights import-dnpiqa --checkpoint PIQ_model.pth ...\n{line}",
-            file=sys.stderr,
-        )
-
-
-def job_parser(
-    module: str,
-    description: str,
-    add_arguments: Callable[[argparse.ArgumentParser], None],
-    command: Callable[[argparse.Namespace], int],
-    **defaults: Any,
-) -> Parser:
-    """The parser of a `python -m jobs.<module>` entrypoint (what `ray job submit` runs)."""
-    parser = Parser(prog=f"python -m jobs.{module}", description=description)
-    add_arguments(parser)
-    parser.set_defaults(run=command, **defaults)
-    return parser
-
-
 def build_parser() -> Parser:
     parser = Parser(prog="piqa", description="Portrait image quality scoring and curation (DN-PIQA on Ray).")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
-    score = commands.add_parser("score", help="score image shards into Parquet (Ray Data)")
-    add_score_arguments(score)
-    score.set_defaults(run=cmd_score)
+    _add_job(commands, "score", score_job, "score image shards into Parquet (Ray Data)")
 
     predict = commands.add_parser("predict", help="score a few image files in this process")
     predict.add_argument("images", nargs="+")
@@ -245,7 +111,7 @@ def build_parser() -> Parser:
 
     show = commands.add_parser("show", help="print a table of scores from a scoring output")
     show.add_argument("scores", help="the output folder of `piqa score`")
-    show.add_argument("--limit", type=int, default=20)
+    show.add_argument("--limit", type=int, default=20, help="rows to print")
     show.set_defaults(run=cmd_show)
 
     weights = commands.add_parser("weights", help="model weights").add_subparsers(
@@ -258,56 +124,29 @@ def build_parser() -> Parser:
     importer.add_argument("--name", default="dn-piqa", help="bundle name")
     importer.set_defaults(run=cmd_import)
 
-    from jobs import filter as filter_job  # these import this module: import them here, not at the top
-    from jobs import report as report_job
-
-    curate = commands.add_parser("filter", help="keep the portraits that pass quality rules; reshard; report")
-    filter_job.add_arguments(curate)
-    curate.set_defaults(run=filter_job.cmd)
-
-    from jobs import retrain as retrain_job
-
-    train = commands.add_parser("train", help="retrain with Ray Train; track, register and promote in MLflow")
-    retrain_job.add_arguments(train)
-    train.set_defaults(run=retrain_job.cmd)
-
-    report = commands.add_parser("report", help="write a self-contained HTML report of a score set")
-    report_job.add_arguments(report)
-    report.set_defaults(run=report_job.cmd)
-
-    from jobs import data as data_job
+    _add_job(commands, "filter", filter_job, "keep the portraits that pass quality rules; reshard; report")
+    _add_job(commands, "train", retrain_job, "retrain with Ray Train; track, register and promote in MLflow")
+    _add_job(commands, "report", report_job, "write a self-contained HTML report of a score set")
 
     data = commands.add_parser("data", help="make labelled training data")
     data_job.add_commands(data.add_subparsers(dest="data_command", required=True, parser_class=Parser))
     return parser
 
 
-def run(argv: Sequence[str] | None, parser_factory: Callable[[], argparse.ArgumentParser] = build_parser) -> int:
-    """Run a command; known errors become one line on stderr and a non-zero exit code."""
-    from pipelines.storage import StorageError
-    from piqa_model.errors import PiqaError
+def _add_job(commands: argparse._SubParsersAction, name: str, job: ModuleType, text: str) -> None:
+    """`piqa NAME`: the command of the `python -m jobs.<module>` entrypoint `job`."""
+    command = commands.add_parser(name, help=text)
+    job.add_arguments(command)
+    command.set_defaults(run=job.cmd)
 
-    apply_local_hygiene()
-    parser = parser_factory()
-    try:
-        args = parser.parse_args(argv)
-        set_ray_verbose(getattr(args, "verbose", False))  # a command without --verbose keeps Ray quiet
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*UNTRAINED.*")  # the banner says it louder
-            return args.run(args)
-    except UsageError as exc:
-        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
-        return 2
-    except (PiqaError, StorageError, ValueError) as exc:
-        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f"{parser.prog}: interrupted; rerun the same command to resume", file=sys.stderr)
-        return 130
+
+def run(argv: Sequence[str] | None, parser_factory: Callable[[], argparse.ArgumentParser] = build_parser) -> int:
+    """Run a `piqa` command (or another entrypoint's, with its `parser_factory`); see `jobs.common.run`."""
+    return common.run(argv, parser_factory)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    sys.exit(run(argv))
+    common.main(argv, build_parser)
 
 
 if __name__ == "__main__":

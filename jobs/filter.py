@@ -7,11 +7,16 @@ this process unless `--ray` is given. Resharding (`--reshard-to`) always runs on
 from __future__ import annotations
 
 import argparse
-import sys
-from collections.abc import Sequence
 
-from jobs.cli import Parser, add_verbose_argument, job_parser, run
-from jobs.report import add_source_arguments, source_format_from_args
+from jobs.common import (
+    Parser,
+    add_source_arguments,
+    add_verbose_argument,
+    config_from_args,
+    job_parser,
+    main,
+    source_format_from_args,
+)
 from piqa_model.errors import STATUSES
 
 
@@ -32,6 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     rules.add_argument(
         "--status",
+        dest="statuses",
         type=_statuses,
         default="ok",
         metavar="S[,S...]",
@@ -84,15 +90,7 @@ def cmd(args: argparse.Namespace) -> int:
     from pipelines.filtering import FilterConfig
     from pipelines.reshard import ReshardConfig
 
-    rules = FilterConfig(
-        statuses=args.status,
-        min_score=args.min_score,
-        top_fraction=args.top_fraction,
-        bottom_fraction=args.bottom_fraction,
-        per=args.per,
-        require_face=args.require_face,
-        min_face_prob=args.min_face_prob,
-    )
+    rules = config_from_args(FilterConfig, args)
     config = FilterJobConfig(
         scores=args.scores,
         output=args.out,
@@ -114,9 +112,5 @@ def build_parser() -> Parser:
     return job_parser("filter", "Filter a score set; reshard and report the result.", add_arguments, cmd, ray=True)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    sys.exit(run(argv, build_parser))
-
-
 if __name__ == "__main__":
-    main()
+    main(None, build_parser)

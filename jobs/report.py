@@ -3,27 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import sys
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
-from jobs.cli import Parser, job_parser, run
-
-if TYPE_CHECKING:
-    from pipelines.fetch import SourceFormat
-
-
-def add_source_arguments(parser: argparse.ArgumentParser) -> None:
-    """How to reach and re-read the scored images (thumbnails, resharding): as given to `piqa score`."""
-    parser.add_argument("--image-column", default="jpg", help="image-bytes column of Parquet inputs (default: jpg)")
-    parser.add_argument("--key-column", default="key", help="key column of Parquet inputs (default: key)")
-    parser.add_argument("--s3-endpoint", help="S3-compatible endpoint URL (default: $AWS_ENDPOINT_URL)")
-
-
-def source_format_from_args(args: argparse.Namespace) -> SourceFormat:
-    from pipelines.fetch import SourceFormat
-
-    return SourceFormat(image_column=args.image_column, key_column=args.key_column)
+from jobs.common import Parser, add_source_arguments, job_parser, main, source_format_from_args
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -52,9 +33,5 @@ def build_parser() -> Parser:
     return job_parser("report", "Write an HTML report of a score set.", add_arguments, cmd)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    sys.exit(run(argv, build_parser))
-
-
 if __name__ == "__main__":
-    main()
+    main(None, build_parser)

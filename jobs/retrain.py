@@ -7,10 +7,8 @@ run on unchanged data does nothing (see training/retrain.py).
 from __future__ import annotations
 
 import argparse
-import sys
-from collections.abc import Sequence
 
-from jobs.cli import Parser, add_verbose_argument, job_parser, run
+from jobs.common import Parser, add_s3_endpoint_argument, add_verbose_argument, job_parser, main
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -20,7 +18,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: the config's, sqlite:///mlflow.db)")
     parser.add_argument("--storage-path", help="where Ray Train writes checkpoints (local or s3://)")
-    parser.add_argument("--s3-endpoint", help="S3-compatible endpoint URL (default: $AWS_ENDPOINT_URL)")
+    add_s3_endpoint_argument(parser)
     parser.add_argument("--num-workers", type=int, help="training workers (DDP)")
     parser.add_argument("--use-gpu", action="store_true", default=None, help="one GPU per worker")
     parser.add_argument("--experiment", help="MLflow experiment name")
@@ -72,9 +70,5 @@ def build_parser() -> Parser:
     )
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    sys.exit(run(argv, build_parser))
-
-
 if __name__ == "__main__":
-    main()
+    main(None, build_parser)

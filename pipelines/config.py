@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
-from piqa_model.images import DEFAULT_MAX_PIXELS
+from piqa_model import options
+from piqa_model.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -24,13 +25,13 @@ class ScoreConfig:
     score_actors: tuple[int, int] | None = None
     gpus_per_actor: float | None = None  # None: 1 when the cluster has GPUs, else CPU
     cpus_per_actor: float | None = None  # None: 1 beside a GPU; without GPUs, one single-threaded actor per core
-    detect_size: int = 640
-    min_face_size: int = 20  # in detection-preview pixels
-    precision: Literal["fp32", "bf16"] = "fp32"
+    detect_size: int = options.DEFAULT_DETECT_SIZE
+    min_face_size: int = options.DEFAULT_MIN_FACE_SIZE  # in detection-preview pixels
+    precision: options.Precision = options.DEFAULT_PRECISION
     compile: bool = False  # torch.compile the model in each scoring actor (GPU jobs; a compile per batch shape)
-    crop_mode: Literal["five", "center"] | None = None  # None: the bundle's own
-    max_pixels: int = DEFAULT_MAX_PIXELS
-    decode: Literal["full", "draft"] = "draft"  # draft: JPEGs decoded only as finely as the model needs
+    crop_mode: options.CropMode | None = None  # None: the bundle's own
+    max_pixels: int = options.DEFAULT_MAX_PIXELS
+    decode: options.DecodeMode = options.DEFAULT_DECODE
 
     def __post_init__(self) -> None:
         for name in ("prepare_actors", "score_actors"):
@@ -38,19 +39,17 @@ class ScoreConfig:
                 continue
             low, high = getattr(self, name)
             if not 1 <= low <= high:
-                raise ValueError(f"{name} must be MIN,MAX with 1 <= MIN <= MAX, got {low},{high}")
+                raise ConfigError(f"{name} must be MIN,MAX with 1 <= MIN <= MAX, got {low},{high}")
         if self.cpus_per_actor is not None and self.cpus_per_actor <= 0:
-            raise ValueError("cpus_per_actor must be positive")
+            raise ConfigError("cpus_per_actor must be positive")
         if (self.batch_size is not None and self.batch_size < 1) or self.shard_size < 1:
-            raise ValueError("batch_size and shard_size must be at least 1")
-        if self.precision not in ("fp32", "bf16"):
-            raise ValueError(f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
+            raise ConfigError("batch_size and shard_size must be at least 1")
         if self.gpus_per_actor is not None and self.gpus_per_actor < 0:
-            raise ValueError("gpus_per_actor must not be negative")
-        if self.crop_mode not in (None, "five", "center"):
-            raise ValueError(f"crop_mode must be 'five' or 'center', got {self.crop_mode!r}")
-        if self.decode not in ("full", "draft"):
-            raise ValueError(f"decode must be 'full' or 'draft', got {self.decode!r}")
+            raise ConfigError("gpus_per_actor must not be negative")
+        options.check_choice("precision", self.precision, options.Precision)
+        if self.crop_mode is not None:
+            options.check_choice("crop_mode", self.crop_mode, options.CropMode)
+        options.check_choice("decode", self.decode, options.DecodeMode)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -35,6 +35,7 @@ from pipelines.scoreset import (
     scoring_model,
 )
 from pipelines.storage import Storage
+from piqa_model.errors import ConfigError
 
 KEPT_FILE, DROPPED_FILE, SUMMARY_FILE, REPORT_FILE = "kept.parquet", "dropped.parquet", "summary.json", "report.html"
 
@@ -55,7 +56,7 @@ class FilterJobConfig:
 
     def __post_init__(self) -> None:
         if self.metadata and not self.rules.per:
-            raise ValueError("--metadata joins the --per column: name the metadata column to group by with --per")
+            raise ConfigError("--metadata joins the --per column: name the metadata column to group by with --per")
 
 
 @dataclass(frozen=True)

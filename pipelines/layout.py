@@ -1,6 +1,6 @@
 """How the scoring job spreads over a cluster: pool sizes, CPUs and threads per actor, batch and block sizes.
 
-Measured on the 2-core CI machine (BENCHMARKS.md, `bench/pipeline_throughput.py`): torch's threads stall
+As measured on the CI machine (BENCHMARKS.md, `bench/pipeline_throughput.py`), torch's threads stall
 whenever another process takes one of their cores, and a Ray node always has other processes (the driver's
 executor, the raylet, the read tasks). So CPU work runs in single-threaded actors, one per core, each holding a
 little less than one CPU so that the read tasks always find room:
@@ -8,9 +8,9 @@ little less than one CPU so that the read tasks always find room:
 - no GPU: fused actors (decode, detect, crop, score in one process: crops never cross the object store),
   one per core of the cluster;
 - GPUs: one scoring actor per GPU (or per `gpus_per_actor`), fed by single-threaded prepare actors (decode,
-  detect, crop) on every CPU the scoring actors leave free. A GPU meant to score 150 `dn-piqa` images/s has
-  under 7 ms per image, while a 2.4 MP photo needs ~56 ms of one core to be decoded, searched for a face and
-  cut: a GPU wants a dozen or more prepare actors, so give it the CPUs to match (docs/deploy.md, "Sizing").
+  detect, crop) on every CPU the scoring actors leave free. A GPU scores a `dn-piqa` image in a fraction of the
+  core-time a photo needs to be decoded, searched for a face and cut (BENCHMARKS.md, "GPU scoring"): a GPU
+  wants a dozen or more prepare actors, so give it the CPUs to match (docs/deploy.md, "Sizing").
 
 Every size can be set explicitly (`ScoreConfig`); the derived ones fill the cluster as it is when the job starts.
 """
@@ -25,7 +25,7 @@ from pipelines.config import ScoreConfig
 READ_TASK_CPUS = 0.25
 BLOCK_ROWS = 8  # images per block between steps: a few ms of Ray per block; small enough to balance actors at the end
 GPU_BATCH = 32
-CPU_BATCH = 1  # one image (10 crops) per forward: up to 25 % faster than batches of 4 on CPUs (BENCHMARKS.md)
+CPU_BATCH = 1  # one image (10 crops) per forward: faster than batches of 4 on most CPU sets (BENCHMARKS.md)
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,7 @@ from pipelines.fetch import SourceFormat, fetch_records  # noqa: E402
 from pipelines.filtering import DECIDED_BY, KEPT, NULL_GROUP, RULES  # noqa: E402
 from pipelines.scoreset import list_parquet, read_score_set, scoring_manifest, scoring_model  # noqa: E402
 from pipelines.storage import Storage  # noqa: E402
+from piqa_model.errors import PiqaError  # noqa: E402
 from piqa_model.images import open_image  # noqa: E402
 
 PERCENTILES = (("lowest", 0.0), ("10 %", 0.1), ("median", 0.5), ("90 %", 0.9), ("highest", 1.0))
@@ -40,7 +41,7 @@ KEPT_COLOR, DROPPED_COLOR, BOX_COLOR = "#2e7d32", "#b0b0b0", "#ffb300"
 GROUP_TABLES = ("num_faces", "shard")  # every report tabulates these columns
 
 
-class ReportError(ValueError):
+class ReportError(PiqaError, ValueError):
     """The report cannot be drawn as asked (a group column that the scores lack)."""
 
 

@@ -33,6 +33,7 @@ import ray
 from pipelines.fetch import SourceFormat, fetch_records, file_extension
 from pipelines.runtime import ensure_ray
 from pipelines.storage import Storage, StorageError
+from piqa_model.errors import ConfigError
 
 TAR_NAME = "kept-{:06d}.tar"
 TAR_PATTERN = re.compile(r"kept-\d{6}\.tar")
@@ -54,7 +55,7 @@ class ReshardConfig:
 
     def __post_init__(self) -> None:
         if self.shard_size < 1:
-            raise ValueError(f"shard_size must be at least 1, got {self.shard_size}")
+            raise ConfigError(f"shard_size must be at least 1, got {self.shard_size}")
 
 
 @dataclass(frozen=True)

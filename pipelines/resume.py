@@ -16,15 +16,17 @@ import posixpath
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from pipelines import formats
 from pipelines.config import ScoreConfig
 from pipelines.shards import Shard
 from pipelines.storage import Storage
 from piqa_model import ModelConfig
+from piqa_model.errors import PiqaError
 
 JOB_RECORD = "_job.json"
 
 
-class OutputMismatchError(ValueError):
+class OutputMismatchError(PiqaError, ValueError):
     """The output holds rows of another job (other input, model, settings or shard layout)."""
 
 
@@ -45,10 +47,8 @@ class JobRecord:
             "max_pixels": config.max_pixels,
             "precision": config.precision,
         }
-        if any(shard.kind == "files" for shard in shards):
-            settings["shard_size"] = config.shard_size
-        if any(shard.kind == "parquet" for shard in shards):
-            settings |= {"image_column": config.image_column, "key_column": config.key_column}
+        for kind in dict.fromkeys(shard.kind for shard in shards):  # the settings that change what it reads
+            settings |= {name: getattr(config, name) for name in formats.get(kind).settings}
         return cls(_normalised_input(config.input), model, settings, {s.shard_id: _members_digest(s) for s in shards})
 
     def differences(self, current: JobRecord, written: set[str]) -> list[str]:

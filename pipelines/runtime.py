@@ -1,9 +1,9 @@
 """Starting or joining Ray with the environment every worker needs.
 
 Every run turns telemetry off; the tests, CI, benchmarks and `make demo` also set the loopback-only variables
-(design.md, "Network hygiene"). Variables that workers must share with the driver (the S3 endpoint, AWS
-region and credentials, MLflow URI, the hygiene variables when set) travel in the runtime environment of a
-local cluster, so Ray workers and Ray Train's controller see them.
+(`LOOPBACK_ONLY`), so that nothing they run talks to any address but loopback. Variables that workers must
+share with the driver (the S3 endpoint, AWS region and credentials, MLflow URI, the hygiene variables when
+set) travel in the runtime environment of a local cluster, so Ray workers and Ray Train's controller see them.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ LOOPBACK_ONLY = {
 and `make demo` only: a user's job must reach its object store, credentials service and MLflow."""
 
 HYGIENE_ENV = {**TELEMETRY_OFF, **LOOPBACK_ONLY}
-"""The whole network-hygiene environment of design.md, as the test harness and the Makefile set it."""
+"""The whole network-hygiene environment (no telemetry, loopback only), as the test harness and the Makefile set it."""
 
 SHARED_ENV = (
     "AWS_ENDPOINT_URL",

@@ -24,12 +24,13 @@ from pipelines.runtime import ensure_ray
 from pipelines.score import MANIFEST
 from pipelines.storage import Storage, StorageError
 from piqa_model.calibration import RAW_SCALE
+from piqa_model.errors import PiqaError
 
 REQUIRED_COLUMNS = ("key", "source", "shard", "status", "score")
 FILES_PER_RAY_TASK = 64
 
 
-class ScoreSetError(ValueError):
+class ScoreSetError(PiqaError, ValueError):
     """A score file or metadata table does not have the columns it needs."""
 
 

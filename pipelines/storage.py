@@ -15,8 +15,10 @@ from dataclasses import dataclass
 import fsspec
 from fsspec import AbstractFileSystem
 
+from piqa_model.errors import PiqaError
 
-class StorageError(OSError):
+
+class StorageError(PiqaError, OSError):
     """An input or output location is missing, unreadable or unwritable."""
 
 

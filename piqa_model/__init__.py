@@ -3,51 +3,36 @@
 Knows nothing of Ray; the pipelines and jobs build on this public API.
 """
 
-from piqa_model.bundle import BundleInfo, UntrainedModelWarning, read_bundle, save_bundle
-from piqa_model.checkpoints import import_dnpiqa
-from piqa_model.config import PRESETS, LiqeConfig, ModelConfig, SwinConfig, preset
-from piqa_model.crops import PreparedImage, prepare
-from piqa_model.errors import (
-    ConfigError,
-    ImageDecodeError,
-    ImageError,
-    ImageTooLargeError,
-    PiqaError,
-    UnsupportedImageError,
-    WeightsError,
-    WeightsUnavailableError,
-)
-from piqa_model.faces import FaceDetection, FaceDetector
-from piqa_model.images import open_image
-from piqa_model.network import DualBranchNet
-from piqa_model.scorer import Scorer, load_bundle, predict
+import importlib
+from typing import Any
 
-__all__ = [
-    "PRESETS",
-    "BundleInfo",
-    "ConfigError",
-    "DualBranchNet",
-    "FaceDetection",
-    "FaceDetector",
-    "ImageDecodeError",
-    "ImageError",
-    "ImageTooLargeError",
-    "LiqeConfig",
-    "ModelConfig",
-    "PiqaError",
-    "PreparedImage",
-    "Scorer",
-    "SwinConfig",
-    "UnsupportedImageError",
-    "UntrainedModelWarning",
-    "WeightsError",
-    "WeightsUnavailableError",
-    "import_dnpiqa",
-    "load_bundle",
-    "open_image",
-    "predict",
-    "prepare",
-    "preset",
-    "read_bundle",
-    "save_bundle",
-]
+# Imported on first use: `piqa_model.errors` and `piqa_model.options` must stay cheap to import (Ray Data's read
+# tasks raise `StorageError`, a `PiqaError`, and must not load torch).
+_EXPORTS = {
+    "piqa_model.bundle": ("BundleInfo", "UntrainedModelWarning", "read_bundle", "save_bundle"),
+    "piqa_model.checkpoints": ("import_dnpiqa",),
+    "piqa_model.config": ("PRESETS", "LiqeConfig", "ModelConfig", "SwinConfig", "preset"),
+    "piqa_model.crops": ("PreparedImage", "prepare"),
+    "piqa_model.errors": (
+        "ConfigError",
+        "ImageDecodeError",
+        "ImageError",
+        "ImageTooLargeError",
+        "PiqaError",
+        "UnsupportedImageError",
+        "WeightsError",
+        "WeightsUnavailableError",
+    ),
+    "piqa_model.faces": ("FaceDetection", "FaceDetector"),
+    "piqa_model.images": ("open_image",),
+    "piqa_model.network": ("DualBranchNet",),
+    "piqa_model.scorer": ("Scorer", "load_bundle", "predict"),
+}
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
+__all__ = sorted(_MODULE_OF)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _MODULE_OF:
+        raise AttributeError(f"module 'piqa_model' has no attribute {name!r}")
+    return getattr(importlib.import_module(_MODULE_OF[name]), name)

@@ -139,7 +139,7 @@ def cache_dir() -> Path:
 
 
 def default_bundle_path() -> Path:
-    """The shipped starter bundle; until one ships, a seeded random (untrained) `small` bundle."""
+    """The shipped starter bundle; in a checkout without it, a seeded random (untrained) `small` bundle."""
     if (SHIPPED_BUNDLE / CONFIG_FILE).is_file():
         return SHIPPED_BUNDLE
     path = cache_dir() / "bundles" / "untrained-small"

@@ -15,9 +15,9 @@ from piqa_model.backbones import BackboneConfig, backbone_config_from_dict
 from piqa_model.backbones.efficientnet import EfficientNetLiteConfig
 from piqa_model.backbones.swin import SwinConfig
 from piqa_model.errors import ConfigError
+from piqa_model.options import CropMode, check_choice
 
 AuxKind = Literal["none", "liqe"]
-CropMode = Literal["five", "center"]
 
 
 @dataclass(frozen=True)
@@ -60,10 +60,8 @@ class ModelConfig:
     face_margin: int = 20
 
     def __post_init__(self) -> None:
-        if self.aux not in ("none", "liqe"):
-            raise ConfigError(f"aux must be 'none' or 'liqe', got {self.aux!r}")
-        if self.crop_mode not in ("five", "center"):
-            raise ConfigError(f"crop_mode must be 'five' or 'center', got {self.crop_mode!r}")
+        check_choice("aux", self.aux, AuxKind)
+        check_choice("crop_mode", self.crop_mode, CropMode)
         if self.crop > self.resize:
             raise ConfigError(f"crop ({self.crop}) must not exceed resize ({self.resize})")
 
@@ -119,9 +117,9 @@ TINY_LIQE = LiqeConfig(
 PRESETS: dict[str, ModelConfig] = {
     # The paper's configuration: the default for every real run.
     "dn-piqa": ModelConfig(),
-    # CPU-sized: ~20 ms per 384 crop per branch; for tests, the demo and the starter model.
+    # CPU-sized (its cost per crop: BENCHMARKS.md, "Network forward on a CPU"); for tests, the demo and the starter.
     "small": ModelConfig(name="small", overall=SMALL_SWIN, face=SMALL_SWIN, aux="none", liqe=None),
-    # The small network on 224 crops of a 256 resize: ~5x cheaper to train on a CPU; the starter model's geometry.
+    # The small network on 224 crops of a 256 resize: cheaper to train on a CPU; the starter model's geometry.
     "small-224": ModelConfig(
         name="small-224", overall=SMALL_SWIN_224, face=SMALL_SWIN_224, aux="none", liqe=None, resize=256, crop=224
     ),

@@ -19,16 +19,14 @@ onto the reduced image. Other formats, JPEGs too small to reduce, PIL images and
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Literal
 
 from PIL import Image
 
 from piqa_model.config import ModelConfig
 from piqa_model.errors import ImageDecodeError
 from piqa_model.faces import FaceDetection, face_region
-from piqa_model.images import DEFAULT_MAX_PIXELS, check_size, decode_upright, open_image, read_header
-
-DecodeMode = Literal["full", "draft"]
+from piqa_model.images import check_size, decode_upright, open_image, read_header
+from piqa_model.options import DEFAULT_DECODE, DEFAULT_MAX_PIXELS, DecodeMode
 
 _DCT_SCALES = (8, 4, 2)  # the reductions libjpeg's scaled IDCT offers (as denominators); 1 is a full decode
 
@@ -86,7 +84,7 @@ def open_preview(
     config: ModelConfig,
     detect_size: int,
     max_pixels: int = DEFAULT_MAX_PIXELS,
-    mode: DecodeMode = "draft",
+    mode: DecodeMode = DEFAULT_DECODE,
 ) -> Preview:
     """Decode `data` for face detection (see the module's docstring); `mode="full"` decodes in full.
 

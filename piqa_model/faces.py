@@ -17,13 +17,7 @@ import torch
 from PIL import Image
 
 from piqa_model.mtcnn import Mtcnn
-
-DEFAULT_DETECT_SIZE = 640
-"""Longest side of the preview that MTCNN sees."""
-
-DEFAULT_MIN_FACE_SIZE = 20
-"""Smallest face MTCNN looks for, in preview pixels (MTCNN's own default). Raising it for collections of
-close-up portraits drops the finest pyramid levels and makes detection about 2x faster."""
+from piqa_model.options import DEFAULT_DETECT_SIZE, DEFAULT_MIN_FACE_SIZE
 
 Box = tuple[float, float, float, float]
 

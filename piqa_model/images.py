@@ -14,9 +14,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from piqa_model.errors import ImageDecodeError, ImageTooLargeError, UnsupportedImageError
-
-DEFAULT_MAX_PIXELS = 100_000_000
-"""Refuse images above 100 megapixels: bigger than any camera photo, typical of decompression bombs."""
+from piqa_model.options import DEFAULT_MAX_PIXELS
 
 # `open_image` enforces its own, per-call pixel limit from the header, before any pixel is decoded, and
 # names the size in its error; PIL's global bomb check would pre-empt it with a fixed threshold. Open

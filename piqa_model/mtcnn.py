@@ -5,9 +5,10 @@ arithmetic is the cascade facenet-pytorch runs (the same pyramid scales, "area" 
 crops clipped to the image, thresholds 0.6 / 0.7 / 0.7 and NMS overlaps 0.5 / 0.7 / 0.7 "min"), so the boxes
 agree with its `MTCNN.detect` (tests/test_model_mtcnn.py). What differs is where the time went: the pyramid
 levels and the RNet/ONet crops are read from one summed-area table (`SummedArea`, bit-identical to the "area"
-resampling, which re-read the pixels each time and took 40 % of the detector's time), PNet's 2x2 max-pool is two
-maxima of strided views (torch's kernel was half of PNet's time), and RNet and ONet run in channels-last memory
-(4x faster on CPU). See `bench/face_detector.py` for the CPU time per image against facenet-pytorch's."""
+resampling, which re-read the pixels each time), PNet's 2x2 max-pool is two maxima of strided views (cheaper
+than torch's kernel), and RNet and ONet run in channels-last memory (faster on CPU). BENCHMARKS.md, "Face
+detection", has the CPU time per image against facenet-pytorch's and what each change bought
+(`bench/face_detector.py`)."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ class SummedArea:
     """Integer-valued images (N, C, H, W) behind a summed-area table, resampled with `F.interpolate`'s "area"
     mode (adaptive average pooling's windows): whole, for the pyramid, or a box at a time, for the crops.
 
-    `F.interpolate` re-reads the pixels for every pyramid level and crop (40 % of detection on a CPU); here each
+    `F.interpolate` re-reads the pixels for every pyramid level and crop (a large share of detection); here each
     level or crop costs a few gathers from one table. The results are bit-identical: both sum integers exactly
     (float32 is exact for windows under 65,000 pixels) and divide by the window's height, then its width.
     """
@@ -149,7 +150,7 @@ class Mtcnn(nn.Module):
         return _squared(torch.cat([corners, boxes[:, 4:5]], dim=1)), index
 
     def _pnet(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """facenet-pytorch's PNet forward with a cheaper (identical) 2x2 max-pool: torch's took half of PNet's time."""
+        """facenet-pytorch's PNet forward with a cheaper (identical) 2x2 max-pool than torch's (BENCHMARKS.md)."""
         net = self.pnet
         x = _max_pool_2x2(net.prelu1(net.conv1(pixels)))
         x = net.prelu3(net.conv3(net.prelu2(net.conv2(x))))

@@ -1,10 +1,9 @@
 """Linear layers through oneDNN on x86-64 CPUs at inference (`use_onednn_linear`).
 
-PyTorch runs an fp32 `nn.Linear` on a CPU through MKL's sgemm. On the project's CI machine (AMD EPYC, AVX-512)
-that reaches about 110 GFLOP/s per core on the Swin's shapes, while oneDNN's matmul (the kernel that
-torch.compile's CPU backend uses for linears with frozen weights) reaches about 240, and can apply the MLP's GELU
-as it writes its output. The starter model's forward is about 1.6x faster this way, with the same scores to
-float rounding (`bench/model_forward.py`, BENCHMARKS.md).
+PyTorch runs an fp32 `nn.Linear` on a CPU through MKL's sgemm; on the Swin's shapes oneDNN's matmul (the kernel
+that torch.compile's CPU backend uses for linears with frozen weights) reaches a good deal more of the core's
+peak, and can apply the MLP's GELU as it writes its output. So the forward is faster this way, with the same
+scores to float rounding (BENCHMARKS.md, "Network forward on a CPU"; `bench/model_forward.py`).
 
 The switch changes classes, not parameters: an `nn.Linear` becomes a `OneDnnLinear` and a timm `Mlp` with an
 exact GELU becomes a `OneDnnMlp`, with the same parameters, state-dict keys and training behaviour. The oneDNN

@@ -8,31 +8,29 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from PIL import Image
 
+from piqa_model import options
 from piqa_model.bundle import BundleInfo, default_bundle_path, read_bundle, warn_if_untrained
 from piqa_model.config import ModelConfig
 from piqa_model.crops import PreparedImage
-from piqa_model.decode import DecodeMode
-from piqa_model.faces import DEFAULT_DETECT_SIZE, DEFAULT_MIN_FACE_SIZE, FaceDetector
+from piqa_model.faces import FaceDetector
 from piqa_model.flow import ImageFlow, add_score
-from piqa_model.images import DEFAULT_MAX_PIXELS
 from piqa_model.network import DualBranchNet
-
-Precision = Literal["fp32", "bf16"]
+from piqa_model.options import DecodeMode, Precision
 
 
 @torch.inference_mode()
 def predict(
-    net: DualBranchNet, batch: Sequence[PreparedImage], precision: Precision = "fp32"
+    net: DualBranchNet, batch: Sequence[PreparedImage], precision: Precision = options.DEFAULT_PRECISION
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Image scores [B] and LIQE logits [B, 495] (None without the aux branch), on the CPU.
 
     `precision="bf16"` runs the network under bfloat16 autocast (GPUs, and CPUs with AVX512-BF16/AMX):
-    faster, with scores within about 1e-2 of fp32.
+    faster, with scores close to fp32's (BENCHMARKS.md, "Scoring throughput").
     """
     device = net.device
     overall = _to_device(torch.stack([item.overall for item in batch]), device)
@@ -66,11 +64,11 @@ class Scorer:
         bundle_id: str,
         *,
         batch_size: int = 8,
-        detect_size: int = DEFAULT_DETECT_SIZE,
-        max_pixels: int = DEFAULT_MAX_PIXELS,
-        min_face_size: int = DEFAULT_MIN_FACE_SIZE,
-        precision: Precision = "fp32",
-        decode: DecodeMode = "draft",
+        detect_size: int = options.DEFAULT_DETECT_SIZE,
+        max_pixels: int = options.DEFAULT_MAX_PIXELS,
+        min_face_size: int = options.DEFAULT_MIN_FACE_SIZE,
+        precision: Precision = options.DEFAULT_PRECISION,
+        decode: DecodeMode = options.DEFAULT_DECODE,
     ) -> None:
         net.check_self_contained()
         self.net = net.eval()

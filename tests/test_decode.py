@@ -242,7 +242,8 @@ def test_scorer_rows_agree_between_modes(twelve_mp, london, net):
 
 
 def test_prepare_stage_and_cli_pass_the_mode(twelve_mp):
-    from jobs.cli import build_parser, score_config_from_args
+    from jobs.cli import build_parser
+    from jobs.score import score_config_from_args
     from pipelines.stages import Prepare
 
     args = build_parser().parse_args(["score", "in", "--out", "out", "--decode", "full"])

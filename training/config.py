@@ -1,6 +1,6 @@
 """The retraining job's configuration: typed dataclasses read from YAML and saved next to what they produced.
 
-Defaults are the paper's recipe (design.md): AdamW, lr 1e-5 decayed x0.9 every 2 epochs, 10 epochs,
+Defaults are the paper's recipe (Sun et al., CVPRW 2024): AdamW, lr 1e-5 decayed x0.9 every 2 epochs, 10 epochs,
 batch 6, fine-tuning the full `dn-piqa` network from pretrained weights (or from a bundle: the champion).
 """
 
@@ -15,6 +15,10 @@ from typing import Any, Literal
 import yaml
 
 from piqa_model.errors import ConfigError
+from piqa_model.options import DEFAULT_DETECT_SIZE, DEFAULT_MIN_FACE_SIZE, Precision, check_choice
+
+TrainPrecision = Literal["auto", Precision]
+"""auto: bf16 autocast on GPU, fp32 on CPU."""
 
 
 @dataclass(frozen=True)
@@ -38,8 +42,8 @@ class DataConfig:
     val_fraction: float = 0.1
     # Where the face boxes (and LIQE features) are cached; None: `<storage_path>/feature-cache`.
     cache_dir: str | None = None
-    detect_size: int = 640
-    min_face_size: int = 20
+    detect_size: int = DEFAULT_DETECT_SIZE
+    min_face_size: int = DEFAULT_MIN_FACE_SIZE
 
 
 @dataclass(frozen=True)
@@ -79,7 +83,7 @@ class TrainConfig:
     num_workers: int = 2
     use_gpu: bool = False
     cpus_per_worker: float = 1.0  # also the worker's torch threads
-    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on GPU, fp32 on CPU
+    precision: TrainPrecision = "auto"
     storage_path: str = "train-runs"
     s3_endpoint: str | None = None
     max_failures: int = 2  # worker failures survived by restarting from the last checkpoint
@@ -92,8 +96,7 @@ class TrainConfig:
             raise ConfigError("epochs must be >= 1, batch_size and group_chunk >= 2 (pairs need two images)")
         if not 0 <= self.data.test_fraction < 1 or not 0 <= self.data.val_fraction < 1:
             raise ConfigError("test_fraction and val_fraction must be in [0, 1)")
-        if self.precision not in ("auto", "fp32", "bf16"):
-            raise ConfigError(f"precision must be 'auto', 'fp32' or 'bf16', got {self.precision!r}")
+        check_choice("precision", self.precision, TrainPrecision)
         if not (self.data.piq23 or self.data.manifests or self.data.curated):
             raise ConfigError("no training data: set data.piq23, data.manifests or data.curated")
 

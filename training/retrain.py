@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.storage import Storage
-from piqa_model import BundleInfo, DualBranchNet, preset, save_bundle
+from piqa_model import BundleInfo, DualBranchNet, PiqaError, preset, save_bundle
 from piqa_model.bundle import WEIGHTS_FILE, bundle_files, read_bundle_config, read_bundle_files
 from piqa_model.registry import download_registered_bundle, is_registry_uri
 from training.config import TrainConfig
@@ -29,6 +29,10 @@ from training.promotion import Decision, decide
 from training.sources import LabelledImage, list_manifests, load_manifest, load_piq23
 from training.table import Example, build_table, counts, select, snapshot_id, without
 from training.tracking import TAG_CONFIG, TAG_SNAPSHOT, Tracker, absolute_tracking_uri
+
+
+class TrainingError(PiqaError):
+    """A training run ended without what the job needs from it (its checkpoint)."""
 
 
 @dataclass(frozen=True)
@@ -193,7 +197,7 @@ def _fit(config: TrainConfig, inputs: LoopInputs, run_name: str) -> str:
     )
     result = trainer.fit()
     if result.checkpoint is None:
-        raise RuntimeError(f"training run {run_name} produced no checkpoint")
+        raise TrainingError(f"training run {run_name} produced no checkpoint; see its Ray Train logs")
     directory = tempfile.mkdtemp(prefix="piqa-train-state-")
     return result.checkpoint.to_directory(directory)
 

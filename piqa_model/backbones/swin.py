@@ -82,7 +82,8 @@ def build_swin(config: SwinConfig, pretrained: bool = False) -> nn.Module:
 def use_fused_attention(model: nn.Module, enabled: bool = True) -> None:
     """Window attention through `F.scaled_dot_product_attention` (timm leaves it off for Swin by default).
 
-    Same numbers as the plain path (to ~1e-8 in fp32), 1.15x faster in fp32 and 1.5x in bf16 on a CPU.
+    Same numbers as the plain path (to float rounding), and faster in fp32 and bf16 on a CPU (BENCHMARKS.md,
+    "Network forward on a CPU").
     """
     for module in model.modules():
         if hasattr(module, "fused_attn"):
