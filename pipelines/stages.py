@@ -18,10 +18,10 @@ import torch
 
 from piqa_model import ModelConfig, PreparedImage, predict
 from piqa_model.bundle import read_bundle_files
-from piqa_model.decode import DecodeMode
 from piqa_model.errors import ImageReadError
 from piqa_model.faces import FaceDetector
 from piqa_model.flow import ImageFlow, add_score
+from piqa_model.options import DEFAULT_DECODE, DEFAULT_PRECISION, DecodeMode, Precision
 from piqa_model.record import ScoreRecord, record_schema
 
 IMAGE_COLUMNS = ("data", "read_error")  # the encoded image, or why it could not be read (optional)
@@ -38,7 +38,7 @@ class Prepare:
         min_face_size: int,
         max_pixels: int,
         device: str = "cpu",
-        decode: DecodeMode = "draft",
+        decode: DecodeMode = DEFAULT_DECODE,
         threads: int = 1,
     ) -> None:
         torch.set_num_threads(threads)
@@ -94,7 +94,7 @@ class Score:
     def __init__(
         self,
         bundle_files: dict[str, bytes],
-        precision: str = "fp32",
+        precision: Precision = DEFAULT_PRECISION,
         threads: int = 1,
         device: str = "auto",
         compile: bool = False,

@@ -17,11 +17,11 @@ from PIL import Image
 from piqa_model.calibration import ScoreScale
 from piqa_model.config import ModelConfig
 from piqa_model.crops import PreparedImage, prepare
-from piqa_model.decode import DecodeMode, ModelImage, Preview, open_preview
+from piqa_model.decode import ModelImage, Preview, open_preview
 from piqa_model.errors import ImageError
 from piqa_model.faces import FaceDetection, FaceDetector
-from piqa_model.images import DEFAULT_MAX_PIXELS
 from piqa_model.liqe import summarise
+from piqa_model.options import DEFAULT_DECODE, DEFAULT_MAX_PIXELS, DecodeMode
 from piqa_model.record import ScoreRecord
 
 ImageInput = bytes | Image.Image | ImageError  # an encoded image, a decoded one, or why there is none
@@ -43,7 +43,7 @@ class ImageFlow:
         config: ModelConfig,
         detector: FaceDetector,
         max_pixels: int = DEFAULT_MAX_PIXELS,
-        decode: DecodeMode = "draft",
+        decode: DecodeMode = DEFAULT_DECODE,
     ) -> None:
         self.config, self.detector, self.max_pixels, self.decode = config, detector, max_pixels, decode
 

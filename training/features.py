@@ -21,11 +21,11 @@ import pyarrow.parquet as pq
 
 from pipelines.storage import Storage
 from piqa_model import ModelConfig
-from piqa_model.decode import DecodeMode
 from piqa_model.errors import ImageReadError
 from piqa_model.faces import FaceDetection, FaceDetector
 from piqa_model.flow import ImageFlow
 from piqa_model.images import to_uint8_tensor_chw
+from piqa_model.options import DEFAULT_DECODE, DecodeMode
 
 CACHE_SCHEMA = pa.schema(
     [
@@ -50,7 +50,7 @@ class FeatureSpec:
     min_face_size: int
     liqe_weights: str | None  # a digest of the LIQE weights; None: the head reads no LIQE features
     model: ModelConfig = field(compare=False)  # the network trained: its input size sets the preview's decode
-    decode: DecodeMode = "draft"
+    decode: DecodeMode = DEFAULT_DECODE
 
     def fingerprint(self) -> str:
         decode = {"decode": self.decode, "resize": self.model.resize, "full": self.model.aux == "liqe"}
