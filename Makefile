@@ -22,8 +22,10 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+# The demo runs the Ray Data job (--runner ray), as a bucket would; a plain `piqa score` of a few photos runs its
+# stages in its own process instead (README, "Small jobs").
 demo: $(STAMP)
-	$(HYGIENE) $(BIN)/piqa score samples/portraits --out demo-out/scores --shard-size 4 --overwrite
+	$(HYGIENE) $(BIN)/piqa score samples/portraits --out demo-out/scores --shard-size 4 --overwrite --runner ray
 	$(HYGIENE) $(BIN)/piqa show demo-out/scores
 	$(HYGIENE) $(BIN)/piqa filter demo-out/scores --out demo-out/curated --require-face --top-fraction 0.5 --report \
 		--reshard-to demo-out/curated/tars --shard-size 4

@@ -18,7 +18,7 @@ from jobs.common import (
     main,
     set_config_defaults,
 )
-from pipelines.config import ScoreConfig
+from pipelines.config import Runner, ScoreConfig
 from piqa_model.options import CropMode, DecodeMode, Precision
 
 
@@ -71,6 +71,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--decode",
         choices=get_args(DecodeMode),
         help="draft: decode JPEGs only as finely as detection and the model need; full: every pixel",
+    )
+    parser.add_argument(
+        "--runner",
+        choices=get_args(Runner),
+        help="ray: a Ray Data job; in-process: the same stages in this process, for a few photos; auto: in-process "
+        "for a folder of a few images when RAY_ADDRESS is unset",
     )
     add_verbose_argument(parser)
     set_config_defaults(parser, ScoreConfig)

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from piqa_model import options
 from piqa_model.errors import ConfigError
+
+Runner = Literal["auto", "ray", "in-process"]
+"""Where a job runs: on Ray (the cluster of RAY_ADDRESS, or a local one), or in this process. `auto`: in this
+process for a small folder of images when no cluster is named and Ray is not already up here
+(`pipelines.score.SMALL_JOB_IMAGES`), else on Ray. The stages are the same either way."""
 
 
 @dataclass(frozen=True)
@@ -32,6 +37,7 @@ class ScoreConfig:
     crop_mode: options.CropMode | None = None  # None: the bundle's own
     max_pixels: int = options.DEFAULT_MAX_PIXELS
     decode: options.DecodeMode = options.DEFAULT_DECODE
+    runner: Runner = "auto"
 
     def __post_init__(self) -> None:
         for name in ("prepare_actors", "score_actors"):
@@ -50,6 +56,7 @@ class ScoreConfig:
         if self.crop_mode is not None:
             options.check_choice("crop_mode", self.crop_mode, options.CropMode)
         options.check_choice("decode", self.decode, options.DecodeMode)
+        options.check_choice("runner", self.runner, Runner)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

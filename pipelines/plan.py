@@ -2,18 +2,23 @@
 
 A stage is a batch callable: a class (Ray runs it as an actor pool: constructed once per actor, so what it
 loads is loaded once) or a function (Ray tasks), with its kwargs, batch size, CPUs, GPUs and pool size. A job
-chooses its list (`pipelines.score.scoring_stages`) and `run_stages` applies it in order; a new step (a second
-detector, a GPU decoder, an extra score) is one more `Stage` in the list, not an edit of the job.
+chooses its list (`pipelines.score.model_stages`) and `run_stages` applies it in order, or `run_in_process` runs
+the same list here for a job too small to pay for a cluster; a new step (a second detector, a GPU decoder, an
+extra score) is one more `Stage` in the list, not an edit of the job.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import functools
+import gc
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import ray
-from ray.data import ActorPoolStrategy
+import pyarrow as pa
+
+if TYPE_CHECKING:
+    import ray.data
 
 
 @dataclass(frozen=True)
@@ -31,6 +36,8 @@ class Stage:
         return isinstance(self.fn, type)
 
     def apply(self, ds: ray.data.Dataset) -> ray.data.Dataset:
+        from ray.data import ActorPoolStrategy  # here: a job run in this process need not import Ray Data
+
         options: dict[str, Any] = dict(batch_size=self.batch_size, batch_format="numpy", num_cpus=self.cpus)
         if self.gpus:
             options["num_gpus"] = self.gpus
@@ -46,3 +53,25 @@ def run_stages(ds: ray.data.Dataset, stages: Sequence[Stage]) -> ray.data.Datase
     for stage in stages:
         ds = stage.apply(ds)
     return ds
+
+
+def run_in_process(stages: Sequence[Stage], items: list[dict[str, Any]]) -> list[pa.Table]:
+    """The same stages in this process, for jobs too small to pay for starting a cluster: each stage's callable is
+    built once (as on one actor) and called on batches of its batch size, in order. The stages must return Arrow
+    tables, or iterators of them (as the scoring job's read and fused stages do)."""
+    tables = [pa.Table.from_pylist(items)]
+    try:
+        for stage in stages:
+            call = stage.fn(**stage.kwargs) if stage.is_actor else functools.partial(stage.fn, **stage.kwargs)
+            tables = [out for table in tables for out in _batches_through(call, table, stage.batch_size)]
+    finally:
+        gc.unfreeze()  # actors freeze what they load for their lifetime (`stages`); this process lives on
+    return tables
+
+
+def _batches_through(call: Callable[..., Any], table: pa.Table, batch_size: int | None) -> Iterator[pa.Table]:
+    size = batch_size or max(1, table.num_rows)
+    for start in range(0, table.num_rows, size):
+        batch = table.slice(start, size)
+        result = call({name: batch[name].to_numpy(zero_copy_only=False) for name in batch.column_names})
+        yield from [result] if isinstance(result, pa.Table) else result

@@ -1,23 +1,28 @@
-"""The scoring job: shards from object storage -> Ray Data (read, prepare, score) -> Parquet per shard."""
+"""The scoring job: shards from object storage -> its stages (read, prepare, score) on Ray Data or, for a few
+images, in this process -> Parquet per shard."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
 import posixpath
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import pyarrow as pa
 import ray
 
 from pipelines.config import ScoreConfig
 from pipelines.layout import READ_TASK_CPUS, Layout, plan_layout
-from pipelines.plan import Stage, run_stages
+from pipelines.plan import Stage, run_in_process, run_stages
 from pipelines.readers import read_shards, read_units
 from pipelines.resume import JOB_RECORD, JobRecord, continue_job
 from pipelines.runtime import ensure_ray
-from pipelines.shards import list_shards
+from pipelines.shards import Shard, list_shards
 from pipelines.stages import Prepare, PrepareAndScore, Score
 from pipelines.storage import Storage
 from pipelines.writer import ShardCommitter, shard_output_uri
@@ -32,6 +37,7 @@ from piqa_model.bundle import (
 from piqa_model.calibration import describe_scale
 
 MANIFEST = "_manifest.json"
+SMALL_JOB_IMAGES = 128  # runner "auto": a folder of at most this many images is scored here (BENCHMARKS.md)
 DATASET = "a ray.data.Dataset"  # what `score_dataset` puts in its config's input and output
 
 
@@ -48,6 +54,7 @@ class RunSummary:
     shards_total: int
     shards_skipped: int
     shards_written: int
+    runner: str = "ray"  # where the stages ran: "ray" or "in-process" (ScoreConfig.runner)
     counts: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
 
@@ -64,7 +71,7 @@ class RunSummary:
         return (
             f"scored {self.images} images ({ok} ok, {self.images - ok} errors) in {self.seconds:.1f} s, "
             f"{self.images_per_second:.2f} images/s; {self.shards_written} shards written, "
-            f"{self.shards_skipped} already done; output: {self.output}"
+            f"{self.shards_skipped} already done ({self.runner}); output: {self.output}"
         )
 
 
@@ -79,40 +86,70 @@ def run_scoring(config: ScoreConfig) -> RunSummary:
     shards = list_shards(config.input, storage, config.shard_size)
     storage.check_writable(config.output)
     files = bundle_files(config.bundle or default_bundle_path())
-    net, info, bundle_id = read_bundle_files(files)
+    net, info, model = read_bundle_files(files)
     net.check_self_contained()
     warn_if_untrained(info)
     model_config = net.config.with_crop_mode(config.crop_mode)
     if config.overwrite:
         _clear_outputs(config.output, storage)
     done = _finished_shards(config.output, storage)
-    continue_job(config.output, storage, JobRecord.describe(config, shards, bundle_id, model_config), done)
+    continue_job(config.output, storage, JobRecord.describe(config, shards, model, model_config), done)
     todo = [shard for shard in shards if shard.shard_id not in done]
 
     committer = ShardCommitter(config.output, storage, with_liqe=model_config.aux == "liqe")
+    in_process = _runs_in_process(config, todo)
     if todo:
-        ensure_ray()
-        layout = _cluster_layout(config)
-        units = read_units(todo, layout.block_rows)
-        stages = [_read_stage(config, storage, layout), *model_stages(config, layout, model_config, files, len(units))]
-        dataset = run_stages(ray.data.from_items(units, override_num_blocks=len(units)), stages)
-        for batch in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
+        for batch in _scored_batches(todo, config, storage, model_config, files, in_process):
             committer.add(batch)
         if committer.pending:
             raise IncompleteRunError(f"shards left incomplete: {sorted(committer.pending)[:5]}; rerun to resume")
     summary = RunSummary(
         output=config.output,
-        model=bundle_id,
+        model=model,
         model_trained=info.trained,
         score_scale=describe_scale(info.scale),
         shards_total=len(shards),
         shards_skipped=len(shards) - len(todo),
         shards_written=len(committer.committed),
+        runner="in-process" if in_process else "ray",
         counts=dict(committer.counts),
         seconds=time.time() - started,
     )
     _write_manifest(config, summary, storage)
     return summary
+
+
+def _scored_batches(
+    shards: list[Shard],
+    config: ScoreConfig,
+    storage: Storage,
+    model: ModelConfig,
+    files: dict[str, bytes],
+    in_process: bool,
+) -> Iterable[pa.Table]:
+    """The scored rows of `shards`, from the job's stages: on Ray, or in this process."""
+    if in_process:
+        cpus = float(os.cpu_count() or 1)
+        here = dataclasses.replace(config, cpus_per_actor=cpus, gpus_per_actor=0.0)  # one fused stage, all cores
+        layout = plan_layout(here, cpus, 0.0, cpus)
+        stages = [_read_stage(here, storage, layout), *model_stages(here, layout, model, files)]
+        return run_in_process(stages, read_units(shards, layout.block_rows))
+    import ray.data
+
+    ensure_ray()
+    layout = _cluster_layout(config)
+    units = read_units(shards, layout.block_rows)
+    stages = [_read_stage(config, storage, layout), *model_stages(config, layout, model, files, len(units))]
+    dataset = run_stages(ray.data.from_items(units, override_num_blocks=len(units)), stages)
+    return dataset.iter_batches(batch_format="pyarrow", batch_size=None)
+
+
+def _runs_in_process(config: ScoreConfig, shards: list[Shard]) -> bool:
+    if config.runner != "auto":
+        return config.runner == "in-process"
+    if "RAY_ADDRESS" in os.environ or ray.is_initialized():  # a cluster is named, or already up here
+        return False
+    return all(shard.files for shard in shards) and sum(len(shard.files) for shard in shards) <= SMALL_JOB_IMAGES
 
 
 def score_dataset(
@@ -213,6 +250,7 @@ def _write_manifest(config: ScoreConfig, summary: RunSummary, storage: Storage) 
         },
         "counts_this_run": summary.counts,
         "images_this_run": summary.images,
+        "runner": summary.runner,
         "seconds": round(summary.seconds, 3),
         "images_per_second": round(summary.images_per_second, 3),
         "finished_at": datetime.now(UTC).isoformat(),

@@ -67,6 +67,27 @@ def test_rerun_resumes_and_overwrite_starts_over(shared_dir, tmp_path):
     assert_rows_match(read_scores(out), corpus.expected)
 
 
+def test_a_job_run_in_this_process_gives_the_ray_rows_and_resumes(shared_dir, tmp_path):
+    corpus = folder_corpus(shared_dir, tmp_path / "in", count=2)
+    here = score(corpus.root, tmp_path / "here", shard_size=3, runner="in-process")
+    on_ray = score(corpus.root, tmp_path / "ray", shard_size=3, runner="ray")
+    assert (here.runner, on_ray.runner) == ("in-process", "ray") and here.counts == on_ray.counts
+
+    rows = {row["key"]: row for row in read_scores(tmp_path / "here").to_pylist()}
+    assert_rows_match(read_scores(tmp_path / "here"), corpus.expected)
+    for row in read_scores(tmp_path / "ray").to_pylist():
+        mine = rows[row["key"]]
+        assert (mine["status"], mine["num_faces"], mine["model"]) == (row["status"], row["num_faces"], row["model"])
+        if row["score"] is not None:  # torch's threads differ: the same numbers to float rounding
+            assert mine["score"] == pytest.approx(row["score"], abs=1e-4)
+            assert mine["face_box"] == pytest.approx(row["face_box"], abs=1e-2)
+
+    sorted((tmp_path / "here").glob("*.parquet"))[0].unlink()  # as if stopped before this shard was committed
+    again = score(corpus.root, tmp_path / "here", shard_size=3, runner="in-process")
+    assert again.shards_written == 1 and again.shards_skipped == here.shards_written - 1
+    assert_rows_match(read_scores(tmp_path / "here"), corpus.expected)
+
+
 def test_a_rerun_of_another_job_is_refused_and_changes_nothing(shared_dir, tmp_path, capsys):
     corpus = folder_corpus(shared_dir, tmp_path / "in", count=2)
     out = tmp_path / "out"
