@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 import gc
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -55,23 +55,26 @@ def run_stages(ds: ray.data.Dataset, stages: Sequence[Stage]) -> ray.data.Datase
     return ds
 
 
-def run_in_process(stages: Sequence[Stage], items: list[dict[str, Any]]) -> list[pa.Table]:
+def run_in_process(stages: Sequence[Stage], items: list[dict[str, Any]]) -> Iterator[pa.Table]:
     """The same stages in this process, for jobs too small to pay for starting a cluster: each stage's callable is
-    built once (as on one actor) and called on batches of its batch size, in order. The stages must return Arrow
-    tables, or iterators of them (as the scoring job's read and fused stages do)."""
-    tables = [pa.Table.from_pylist(items)]
+    built once (as on one actor) and called on batches of its batch size; rows stream through the stages as they
+    do on Ray. The stages must return Arrow tables, or iterators of them (as the scoring job's stages do)."""
+    tables: Iterable[pa.Table] = [pa.Table.from_pylist(items)]
+    for stage in stages:
+        call = stage.fn(**stage.kwargs) if stage.is_actor else functools.partial(stage.fn, **stage.kwargs)
+        tables = _batches_through(call, tables, stage.batch_size)
     try:
-        for stage in stages:
-            call = stage.fn(**stage.kwargs) if stage.is_actor else functools.partial(stage.fn, **stage.kwargs)
-            tables = [out for table in tables for out in _batches_through(call, table, stage.batch_size)]
+        yield from tables
     finally:
         gc.unfreeze()  # actors freeze what they load for their lifetime (`stages`); this process lives on
-    return tables
 
 
-def _batches_through(call: Callable[..., Any], table: pa.Table, batch_size: int | None) -> Iterator[pa.Table]:
-    size = batch_size or max(1, table.num_rows)
-    for start in range(0, table.num_rows, size):
-        batch = table.slice(start, size)
-        result = call({name: batch[name].to_numpy(zero_copy_only=False) for name in batch.column_names})
-        yield from [result] if isinstance(result, pa.Table) else result
+def _batches_through(
+    call: Callable[..., Any], tables: Iterable[pa.Table], batch_size: int | None
+) -> Iterator[pa.Table]:
+    for table in tables:
+        size = batch_size or max(1, table.num_rows)
+        for start in range(0, table.num_rows, size):
+            batch = table.slice(start, size)
+            result = call({name: batch[name].to_numpy(zero_copy_only=False) for name in batch.column_names})
+            yield from [result] if isinstance(result, pa.Table) else result

@@ -80,7 +80,7 @@ def continue_job(output: str, storage: Storage, current: JobRecord, written: set
             f"{output} holds {len(written)} scored shards but no {JOB_RECORD} to say how they were made "
             "(an older version, or another tool, wrote them); rerun with --overwrite, or choose a new --out"
         )
-    if recorded is not None:
+    if recorded is not None and written:  # an output without rows yet (stopped early) takes the new job
         differences = recorded.differences(current, written)
         if differences:
             raise OutputMismatchError(

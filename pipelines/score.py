@@ -23,10 +23,10 @@ from pipelines.readers import read_shards, read_units
 from pipelines.resume import JOB_RECORD, JobRecord, continue_job
 from pipelines.runtime import ensure_ray
 from pipelines.shards import Shard, list_shards
-from pipelines.stages import Prepare, PrepareAndScore, Score
+from pipelines.stages import IMAGE_COLUMNS, INPUT_COLUMNS, OUTPUT_COLUMNS, Prepare, PrepareAndScore, Score
 from pipelines.storage import Storage
 from pipelines.writer import ShardCommitter, shard_output_uri
-from piqa_model import ModelConfig, PiqaError
+from piqa_model import ConfigError, ModelConfig, PiqaError
 from piqa_model.bundle import (
     bundle_files,
     default_bundle_path,
@@ -111,7 +111,7 @@ def run_scoring(config: ScoreConfig) -> RunSummary:
         shards_total=len(shards),
         shards_skipped=len(shards) - len(todo),
         shards_written=len(committer.committed),
-        runner="in-process" if in_process else "ray",
+        runner=("in-process" if in_process else "ray") if todo else "nothing to do",
         counts=dict(committer.counts),
         seconds=time.time() - started,
     )
@@ -129,7 +129,7 @@ def _scored_batches(
 ) -> Iterable[pa.Table]:
     """The scored rows of `shards`, from the job's stages: on Ray, or in this process."""
     if in_process:
-        cpus = float(os.cpu_count() or 1)
+        cpus = float(len(os.sched_getaffinity(0)))  # the cores this process may use (containers limit them)
         here = dataclasses.replace(config, cpus_per_actor=cpus, gpus_per_actor=0.0)  # one fused stage, all cores
         layout = plan_layout(here, cpus, 0.0, cpus)
         stages = [_read_stage(here, storage, layout), *model_stages(here, layout, model, files)]
@@ -148,6 +148,9 @@ def _runs_in_process(config: ScoreConfig, shards: list[Shard]) -> bool:
     if config.runner != "auto":
         return config.runner == "in-process"
     if "RAY_ADDRESS" in os.environ or ray.is_initialized():  # a cluster is named, or already up here
+        return False
+    sizing = (config.prepare_actors, config.score_actors, config.gpus_per_actor, config.cpus_per_actor)
+    if any(value is not None for value in sizing):  # actors asked for: a Ray job
         return False
     return all(shard.files for shard in shards) and sum(len(shard.files) for shard in shards) <= SMALL_JOB_IMAGES
 
@@ -168,6 +171,13 @@ def score_dataset(
     ensure_ray()
     files = bundle_files(config.bundle or default_bundle_path())
     model_config = read_bundle_config(files)[0].with_crop_mode(config.crop_mode)
+    taken = set(IMAGE_COLUMNS) | set(INPUT_COLUMNS) | set(OUTPUT_COLUMNS)
+    clashes = sorted(taken & (set(ds.schema().names) - {image_column}))
+    if clashes:
+        raise ConfigError(
+            f"the dataset's columns {', '.join(clashes)} clash with what scoring reads or adds; rename or drop them "
+            f"(ds.rename_columns / ds.drop_columns) first"
+        )
     images = ds if image_column == "data" else ds.rename_columns({image_column: "data"})
     # Pools start with one actor and grow into what the cluster has: the dataset's own read tasks (a CPU each
     # by default) must still find room, or a cluster filled with scoring actors would wait for them forever.

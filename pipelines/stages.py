@@ -22,10 +22,11 @@ from piqa_model.errors import ImageReadError
 from piqa_model.faces import FaceDetector
 from piqa_model.flow import ImageFlow, add_score
 from piqa_model.options import DEFAULT_DECODE, DEFAULT_PRECISION, DecodeMode, Precision
-from piqa_model.record import ScoreRecord, record_schema
+from piqa_model.record import RECORD_SCHEMA, ScoreRecord, record_schema
 
 IMAGE_COLUMNS = ("data", "read_error")  # the encoded image, or why it could not be read (optional)
 INPUT_COLUMNS = ("overall", "face", "patches", "record")  # what Prepare hands Score
+OUTPUT_COLUMNS = (*RECORD_SCHEMA.names, "model")  # what Score adds to a batch's own columns
 
 
 class Prepare:
@@ -127,10 +128,10 @@ class Score:
             for position, slot in enumerate(ok):
                 add_score(records[slot], float(scores[position]), None if aux is None else aux[position], self.scale)
         with_liqe = self.net.uses_aux
-        table = pa.table({name: values for name, values in batch.items() if name not in INPUT_COLUMNS})
-        scored = pa.Table.from_pylist([r.as_row(with_liqe) for r in records], schema=record_schema(with_liqe))
-        for field, column in zip(scored.schema, scored.columns, strict=True):
-            table = table.append_column(field, column)
+        table = pa.Table.from_pylist([r.as_row(with_liqe) for r in records], schema=record_schema(with_liqe))
+        passed = [(name, values) for name, values in batch.items() if name not in INPUT_COLUMNS]
+        for position, (name, values) in enumerate(passed):  # the batch's own columns first, as they came
+            table = table.add_column(position, name, pa.array(values if values.ndim == 1 else list(values)))
         return table.append_column("model", pa.array([self.bundle_id] * len(records), pa.string()))
 
 

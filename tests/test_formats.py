@@ -145,6 +145,15 @@ def test_containers_win_over_loose_images_and_keep_path_order_across_formats(tmp
     assert [(s.shard_id, s.kind) for s in shards] == [("a", "tar"), ("b__c_d", "parquet"), ("c", "tar")]
 
 
+def test_a_container_named_like_a_hidden_file_gets_a_visible_shard_id(tmp_path):
+    # An output named `_part0.parquet` would be skipped as a temporary: its rows lost, rescored on every run.
+    root = tmp_path / "in"
+    root.mkdir()
+    (root / "_part0.tar").write_bytes(tar_bytes([]))
+    (root / ".x.tar").write_bytes(tar_bytes([]))
+    assert sorted(s.shard_id for s in list_shards(str(root), STORAGE)) == ["part0", "x"]
+
+
 def test_inputs_with_nothing_to_score_are_refused_with_what_is_read(tmp_path):
     with pytest.raises(StorageError, match="does not exist"):
         list_shards(str(tmp_path / "absent"), STORAGE)

@@ -105,3 +105,9 @@ def test_scores_without_a_record_are_refused(tmp_path, photos):
     out.mkdir()
     (out / "shard-000000.parquet").write_bytes(b"rows from an older version")
     assert "no _job.json" in refusal(str(out), record(photos), {"shard-000000"})
+
+
+def test_an_output_without_rows_takes_the_new_job(tmp_path, photos):
+    out, _ = first_run(tmp_path, photos)  # stopped before its first shard was committed
+    continue_job(out, Storage(), record(photos, model="fixed-bundle", shard_size=3), set())
+    assert json.loads((tmp_path / "out" / JOB_RECORD).read_text())["model"] == "fixed-bundle"

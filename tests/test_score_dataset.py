@@ -11,6 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 from corpus import portraits
 
+import pipelines
 import piqa_model
 
 
@@ -35,3 +36,18 @@ def test_the_readme_example_scores_a_dataset_like_the_scorer(repo_root, shared_d
             assert rows[key]["score"] is None
         else:
             assert rows[key]["score"] == pytest.approx(reference["score"], abs=1e-4)
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_a_dataset_of_images_alone_is_scored_and_clashing_columns_are_refused(shared_dir):
+    import ray
+
+    from piqa_model.errors import ConfigError
+
+    photos = [path.read_bytes() for path in portraits(shared_dir, 1)] + [b"not an image"]
+    rows = pipelines.score_dataset(ray.data.from_items([{"image": data} for data in photos]), image_column="image")
+    assert sorted(row["status"] for row in rows.take_all()) == ["decode_error", "ok"]
+
+    with_status = ray.data.from_items([{"image": data, "status": "from an earlier tool"} for data in photos])
+    with pytest.raises(ConfigError, match="status"):
+        pipelines.score_dataset(with_status, image_column="image")

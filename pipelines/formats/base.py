@@ -100,6 +100,7 @@ class ContainerFormat(ABC):
         for path in paths:
             relative = posixpath.relpath(path, root) if root else posixpath.basename(path)
             shard_id = re.sub(r"[^A-Za-z0-9._-]+", "_", relative.rsplit(".", 1)[0].replace("/", "__"))
+            shard_id = shard_id.lstrip("._") or "shard"  # `_x.parquet`, `.x.parquet` would be hidden outputs
             shards.append(Shard(shard_id, self.name, storage.uri(fs, path)))
         return shards
 
