@@ -29,17 +29,8 @@ from pathlib import Path
 
 from harness import DATA, OUT_DIR, REPO, spread, write_results
 
-HYGIENE = {
-    "RAY_USAGE_STATS_ENABLED": "0",
-    "MLFLOW_DISABLE_TELEMETRY": "true",
-    "DO_NOT_TRACK": "true",
-    "AWS_EC2_METADATA_DISABLED": "true",
-    "HF_HUB_OFFLINE": "1",
-    "HTTP_PROXY": "http://127.0.0.1:9",
-    "HTTPS_PROXY": "http://127.0.0.1:9",
-    "NO_PROXY": "127.0.0.1,localhost",
-    "RAY_AUTH_MODE": "disabled",
-}
+from pipelines.runtime import HYGIENE_ENV
+
 PIQA = str(Path(sys.executable).with_name("piqa"))
 TARGETS = {"one photo: score / predict <=": 1.5, "60 portraits: loop / score >=": 3.0}
 
@@ -54,7 +45,7 @@ def parse_args() -> argparse.Namespace:
 
 def timed(command: list[str], repeats: int) -> tuple[float, str]:
     """The best wall time of `command` over `repeats` runs, and the last run's output."""
-    env = {name: value for name, value in os.environ.items() if name != "RAY_ADDRESS"} | HYGIENE
+    env = {name: value for name, value in os.environ.items() if name != "RAY_ADDRESS"} | HYGIENE_ENV
     best, output = float("inf"), ""
     for _ in range(repeats):
         started = time.perf_counter()
