@@ -130,16 +130,17 @@ def _scored_batches(
     """The scored rows of `shards`, from the job's stages: on Ray, or in this process."""
     if in_process:
         cpus = float(len(os.sched_getaffinity(0)))  # the cores this process may use (containers limit them)
-        here = dataclasses.replace(config, cpus_per_actor=cpus, gpus_per_actor=0.0)  # one fused stage, all cores
-        layout = plan_layout(here, cpus, 0.0, cpus)
-        stages = [_read_stage(here, storage, layout), *model_stages(here, layout, model, files)]
-        return run_in_process(stages, read_units(shards, layout.block_rows))
-    import ray.data
-
-    ensure_ray()
-    layout = _cluster_layout(config)
+        config = dataclasses.replace(config, cpus_per_actor=cpus, gpus_per_actor=0.0)  # one fused stage, all cores
+        layout = plan_layout(config, cpus, 0.0, cpus)
+    else:
+        ensure_ray()
+        layout = _cluster_layout(config)
     units = read_units(shards, layout.block_rows)
     stages = [_read_stage(config, storage, layout), *model_stages(config, layout, model, files, len(units))]
+    if in_process:
+        return run_in_process(stages, units)
+    import ray.data
+
     dataset = run_stages(ray.data.from_items(units, override_num_blocks=len(units)), stages)
     return dataset.iter_batches(batch_format="pyarrow", batch_size=None)
 
