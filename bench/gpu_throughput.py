@@ -26,6 +26,7 @@ Targets (issue 7, one H100): >= 150 images/s five-crop, >= 600 centre-crop, GPU 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io
 import json
 import os
@@ -91,11 +92,6 @@ def make_photos(count: int, seed: int = 0) -> list[bytes]:
     return photos
 
 
-def stack(items: list[PreparedImage]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    patches = torch.cat([i.liqe_patches for i in items]) if items[0].liqe_patches is not None else None
-    return torch.stack([i.overall for i in items]), torch.stack([i.face for i in items]), patches
-
-
 def prepare_worker(config, photos: list[bytes], batch_size: int, first: int, step: int, out, stop) -> None:
     """Prepare batches of photos (this worker's share, cycled) until told to stop."""
     torch.set_num_threads(1)
@@ -104,7 +100,7 @@ def prepare_worker(config, photos: list[bytes], batch_size: int, first: int, ste
     while not stop.is_set():
         chunk = [photos[(index + k * step) % len(photos)] for k in range(batch_size)]
         index += batch_size * step
-        batch = stack([inputs for _, inputs in flow.prepare(chunk) if inputs is not None])
+        batch = [inputs for _, inputs in flow.prepare(chunk) if inputs is not None]
         while not stop.is_set():
             try:
                 out.put(batch, timeout=0.5)
@@ -173,24 +169,27 @@ class Timer:
         return self.cpu_seconds
 
 
-def score(net: DualBranchNet, batch, precision: str) -> None:
-    overall, face, patches = batch
-    per_image = None if patches is None else patches.view(overall.shape[0], -1, *patches.shape[1:])
-    items = [
-        PreparedImage(overall[i], face[i], None if per_image is None else per_image[i]) for i in range(len(overall))
-    ]
-    predict(net, items, precision)  # type: ignore[arg-type]
+def score(net: DualBranchNet, batch: list[PreparedImage], precision: str) -> None:
+    predict(net, batch, precision)  # type: ignore[arg-type]
+
+
+def pinned(item: PreparedImage) -> PreparedImage:
+    """`item` in pinned host memory (`predict` then copies it as it is)."""
+    patches = None if item.liqe_patches is None else item.liqe_patches.pin_memory()
+    return dataclasses.replace(
+        item, overall_view=item.overall_view.pin_memory(), face_view=item.face_view.pin_memory(), liqe_patches=patches
+    )
 
 
 def model_only(net: DualBranchNet, batch, args: argparse.Namespace) -> dict[str, float]:
     device = net.device
-    pinned = tuple(t.pin_memory() if device.type == "cuda" and t is not None else t for t in batch)
+    ready = [pinned(item) for item in batch] if device.type == "cuda" else batch
     for _ in range(3):
-        score(net, pinned, args.precision)
+        score(net, ready, args.precision)
     timer, images, started = Timer(device), 0, time.perf_counter()
     while time.perf_counter() - started < args.seconds / 2:
-        timer.run(lambda: score(net, pinned, args.precision))
-        images += len(batch[0])
+        timer.run(lambda: score(net, ready, args.precision))
+        images += len(batch)
     wall = time.perf_counter() - started
     return {"images_per_second": images / wall, "busy_share": timer.seconds() / wall}
 
@@ -217,7 +216,7 @@ def fed(net: DualBranchNet, config, photos: list[bytes], args: argparse.Namespac
                 batch = batches.get(timeout=600)
                 waited += time.perf_counter() - asked
                 timer.run(lambda batch=batch: score(net, batch, args.precision))
-                images += len(batch[0])
+                images += len(batch)
             busy = timer.seconds()
             wall = time.perf_counter() - started
     finally:
@@ -250,7 +249,7 @@ def main() -> None:
         config = base.replace(crop_mode=crop_mode)
         net = DualBranchNet(config).eval().to(device)
         detector = FaceDetector()
-        sample = stack([_prepared(photos[i], config, detector) for i in range(args.batch_size)])
+        sample = [_prepared(photos[i], config, detector) for i in range(args.batch_size)]
         ceiling = model_only(net, sample, args)
         print(f"{crop_mode}-crop, model only: {ceiling['images_per_second']:.1f} images/s", flush=True)
         if args.compile:

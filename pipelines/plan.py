@@ -30,6 +30,7 @@ class Stage:
     cpus: float = 1.0
     gpus: float = 0.0
     pool: tuple[int, int] = (1, 1)  # actors (min, max); classes only
+    batch_format: str = "numpy"  # what the callable takes: a dict of numpy arrays, or "pyarrow": a table
 
     @property
     def is_actor(self) -> bool:
@@ -38,7 +39,7 @@ class Stage:
     def apply(self, ds: ray.data.Dataset) -> ray.data.Dataset:
         from ray.data import ActorPoolStrategy  # here: a job run in this process need not import Ray Data
 
-        options: dict[str, Any] = dict(batch_size=self.batch_size, batch_format="numpy", num_cpus=self.cpus)
+        options: dict[str, Any] = dict(batch_size=self.batch_size, batch_format=self.batch_format, num_cpus=self.cpus)
         if self.gpus:
             options["num_gpus"] = self.gpus
         if not self.is_actor:
@@ -62,7 +63,7 @@ def run_in_process(stages: Sequence[Stage], items: list[dict[str, Any]]) -> Iter
     tables: Iterable[pa.Table] = [pa.Table.from_pylist(items)]
     for stage in stages:
         call = stage.fn(**stage.kwargs) if stage.is_actor else functools.partial(stage.fn, **stage.kwargs)
-        tables = _batches_through(call, tables, stage.batch_size)
+        tables = _batches_through(call, tables, stage.batch_size, stage.batch_format)
     try:
         yield from tables
     finally:
@@ -70,11 +71,29 @@ def run_in_process(stages: Sequence[Stage], items: list[dict[str, Any]]) -> Iter
 
 
 def _batches_through(
-    call: Callable[..., Any], tables: Iterable[pa.Table], batch_size: int | None
+    call: Callable[..., Any], tables: Iterable[pa.Table], batch_size: int | None, batch_format: str
 ) -> Iterator[pa.Table]:
+    for batch in _rebatched(tables, batch_size):
+        if batch_format == "numpy":
+            batch = {name: batch[name].to_numpy(zero_copy_only=False) for name in batch.column_names}
+        result = call(batch)
+        yield from [result] if isinstance(result, pa.Table) else result
+
+
+def _rebatched(tables: Iterable[pa.Table], size: int | None) -> Iterator[pa.Table]:
+    """Batches of `size` rows (the last one may be smaller) from a stream of tables, as Ray Data bundles blocks
+    for a stage; None: each table as it comes."""
+    pending: list[pa.Table] = []
+    rows = 0
     for table in tables:
-        size = batch_size or max(1, table.num_rows)
-        for start in range(0, table.num_rows, size):
-            batch = table.slice(start, size)
-            result = call({name: batch[name].to_numpy(zero_copy_only=False) for name in batch.column_names})
-            yield from [result] if isinstance(result, pa.Table) else result
+        if size is None:
+            yield table
+            continue
+        pending.append(table)
+        rows += table.num_rows
+        while rows >= size:
+            merged = pa.concat_tables(pending)
+            yield merged.slice(0, size)
+            pending, rows = [merged.slice(size)], rows - size
+    if rows:
+        yield pa.concat_tables(pending)

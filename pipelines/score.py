@@ -4,10 +4,12 @@ images, in this process -> Parquet per shard."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import posixpath
 import time
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -25,15 +27,9 @@ from pipelines.runtime import ensure_ray
 from pipelines.shards import Shard, list_shards
 from pipelines.stages import IMAGE_COLUMNS, INPUT_COLUMNS, OUTPUT_COLUMNS, Prepare, PrepareAndScore, Score
 from pipelines.storage import Storage
-from pipelines.writer import ShardCommitter, shard_output_uri
+from pipelines.writer import ShardLedger, clear_parts, commit_shard, shard_output_uri, write_parts
 from piqa_model import ConfigError, ModelConfig, PiqaError
-from piqa_model.bundle import (
-    bundle_files,
-    default_bundle_path,
-    read_bundle_config,
-    read_bundle_files,
-    warn_if_untrained,
-)
+from piqa_model.bundle import default_bundle_path, inspect_bundle, warn_if_untrained
 from piqa_model.calibration import describe_scale
 
 MANIFEST = "_manifest.json"
@@ -57,6 +53,7 @@ class RunSummary:
     runner: str = "ray"  # where the stages ran: "ray" or "in-process" (ScoreConfig.runner)
     counts: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
+    driver_cpu_seconds: float = 0.0  # the CPU this process spent while the stages ran (all of it, in-process)
 
     @property
     def images(self) -> int:
@@ -85,24 +82,19 @@ def run_scoring(config: ScoreConfig) -> RunSummary:
     storage = Storage.from_environment(config.s3_endpoint)
     shards = list_shards(config.input, storage, config.shard_size)
     storage.check_writable(config.output)
-    files = bundle_files(config.bundle or default_bundle_path())
-    net, info, model = read_bundle_files(files)
-    net.check_self_contained()
+    bundle_config, info, model = inspect_bundle(_bundle_uri(config))
     warn_if_untrained(info)
-    model_config = net.config.with_crop_mode(config.crop_mode)
+    model_config = bundle_config.with_crop_mode(config.crop_mode)
     if config.overwrite:
         _clear_outputs(config.output, storage)
     done = _finished_shards(config.output, storage)
     continue_job(config.output, storage, JobRecord.describe(config, shards, model, model_config), done)
     todo = [shard for shard in shards if shard.shard_id not in done]
 
-    committer = ShardCommitter(config.output, storage, with_liqe=model_config.aux == "liqe")
+    clear_parts(config.output, storage)
     in_process = _runs_in_process(config, todo)
-    if todo:
-        for batch in _scored_batches(todo, config, storage, model_config, files, in_process):
-            committer.add(batch)
-        if committer.pending:
-            raise IncompleteRunError(f"shards left incomplete: {sorted(committer.pending)[:5]}; rerun to resume")
+    driver_cpu = time.process_time()
+    counts = _score_and_commit(todo, config, storage, model_config, model, in_process) if todo else []
     summary = RunSummary(
         output=config.output,
         model=model,
@@ -110,24 +102,49 @@ def run_scoring(config: ScoreConfig) -> RunSummary:
         score_scale=describe_scale(info.scale),
         shards_total=len(shards),
         shards_skipped=len(shards) - len(todo),
-        shards_written=len(committer.committed),
+        shards_written=len(counts),
         runner=("in-process" if in_process else "ray") if todo else "nothing to do",
-        counts=dict(committer.counts),
+        counts=dict(sum((Counter(shard) for shard in counts), Counter())),
         seconds=time.time() - started,
+        driver_cpu_seconds=time.process_time() - driver_cpu,
     )
     _write_manifest(config, summary, storage)
     return summary
 
 
-def _scored_batches(
+def _score_and_commit(
     shards: list[Shard],
     config: ScoreConfig,
     storage: Storage,
     model: ModelConfig,
-    files: dict[str, bytes],
+    bundle_id: str,
+    in_process: bool,
+) -> list[dict[str, int]]:
+    """Run the job's stages over `shards`, committing each shard once all its rows are written (by a Ray task, or
+    here for a job run in this process); the status counts of each committed shard."""
+    where = dict(output=config.output, storage=storage, with_liqe=model.aux == "liqe")
+    commit = functools.partial(commit_shard, **where)
+    if not in_process:
+        commit = functools.partial(ray.remote(num_cpus=0)(commit_shard).remote, **where)
+    ledger = ShardLedger(commit)
+    for receipts in _written_parts(shards, config, storage, model, bundle_id, in_process):
+        ledger.add(receipts)
+    if ledger.pending:
+        raise IncompleteRunError(f"shards left incomplete: {ledger.pending[:5]}; rerun to resume")
+    counts = ledger.commits if in_process else ray.get(ledger.commits)
+    clear_parts(config.output, storage)  # what committed shards leave behind (empty folders, on a local disk)
+    return counts
+
+
+def _written_parts(
+    shards: list[Shard],
+    config: ScoreConfig,
+    storage: Storage,
+    model: ModelConfig,
+    bundle_id: str,
     in_process: bool,
 ) -> Iterable[pa.Table]:
-    """The scored rows of `shards`, from the job's stages: on Ray, or in this process."""
+    """The receipts of the parts that the job's stages (on Ray, or in this process) write for `shards`."""
     if in_process:
         cpus = float(len(os.sched_getaffinity(0)))  # the cores this process may use (containers limit them)
         config = dataclasses.replace(config, cpus_per_actor=cpus, gpus_per_actor=0.0)  # one fused stage, all cores
@@ -136,7 +153,11 @@ def _scored_batches(
         ensure_ray()
         layout = _cluster_layout(config)
     units = read_units(shards, layout.block_rows)
-    stages = [_read_stage(config, storage, layout), *model_stages(config, layout, model, files, len(units))]
+    stages = [
+        _read_stage(config, storage, layout),
+        *model_stages(config, layout, model, bundle_id, len(units)),
+        _write_stage(config, storage, layout, model),
+    ]
     if in_process:
         return run_in_process(stages, units)
     import ray.data
@@ -170,8 +191,8 @@ def score_dataset(
     """
     config = ScoreConfig(input=DATASET, output=DATASET, bundle=bundle, image_column=image_column, **settings)
     ensure_ray()
-    files = bundle_files(config.bundle or default_bundle_path())
-    model_config = read_bundle_config(files)[0].with_crop_mode(config.crop_mode)
+    bundle_config, _, bundle_id = inspect_bundle(_bundle_uri(config))
+    model_config = bundle_config.with_crop_mode(config.crop_mode)
     taken = set(IMAGE_COLUMNS) | set(INPUT_COLUMNS) | set(OUTPUT_COLUMNS)
     clashes = sorted(taken & (set(ds.schema().names) - {image_column}))
     if clashes:
@@ -182,16 +203,17 @@ def score_dataset(
     images = ds if image_column == "data" else ds.rename_columns({image_column: "data"})
     # Pools start with one actor and grow into what the cluster has: the dataset's own read tasks (a CPU each
     # by default) must still find room, or a cluster filled with scoring actors would wait for them forever.
-    return run_stages(images, model_stages(config, _cluster_layout(config), model_config, files, most_actors=1))
+    return run_stages(images, model_stages(config, _cluster_layout(config), model_config, bundle_id, most_actors=1))
 
 
 def model_stages(
-    config: ScoreConfig, layout: Layout, model: ModelConfig, files: dict[str, bytes], most_actors: int | None = None
+    config: ScoreConfig, layout: Layout, model: ModelConfig, bundle_id: str, most_actors: int | None = None
 ) -> list[Stage]:
     """Decode, detect, crop and score, as `layout` spreads them: one fused stage without GPUs (crops never
     cross the object store), CPU prepare actors feeding GPU scoring actors otherwise. No pool starts with more
     than `most_actors` actors (a few images should not pay for actors that would sit idle); it may grow to its
-    max when a tar or parquet unit turns out to hold many blocks."""
+    max when a tar or parquet unit turns out to hold many blocks. Scoring actors load the config's bundle on
+    their own node and refuse it unless it is still `bundle_id` (what `inspect_bundle` found)."""
     prepare_args = dict(
         config=model,
         detect_size=config.detect_size,
@@ -200,7 +222,13 @@ def model_stages(
         decode=config.decode,
     )
     score, prepare = layout.score, layout.prepare
-    score_args = dict(bundle_files=files, precision=config.precision, threads=score.threads, compile=config.compile)
+    score_args = dict(
+        bundle=_bundle_uri(config),
+        bundle_id=bundle_id,
+        precision=config.precision,
+        threads=score.threads,
+        compile=config.compile,
+    )
 
     def pool(sizes: tuple[int, int]) -> tuple[int, int]:
         low, high = sizes
@@ -224,9 +252,22 @@ def model_stages(
     ]
 
 
+def _bundle_uri(config: ScoreConfig) -> str:
+    """The bundle as every worker can name it: a URI as given, a local path made absolute (workers may run
+    elsewhere than the driver's directory)."""
+    bundle = str(config.bundle or default_bundle_path())
+    return bundle if "://" in bundle or bundle.startswith("models:/") else os.path.abspath(bundle)
+
+
 def _read_stage(config: ScoreConfig, storage: Storage, layout: Layout) -> Stage:
     options = dict(image_column=config.image_column, key_column=config.key_column, chunk_size=layout.block_rows)
     return Stage("read", read_shards, dict(storage=storage, **options), batch_size=1, cpus=READ_TASK_CPUS)
+
+
+def _write_stage(config: ScoreConfig, storage: Storage, layout: Layout, model: ModelConfig) -> Stage:
+    """Parts of a block's rows; no CPU reserved: it waits on storage, and must never wait for a core."""
+    options = dict(output=config.output, storage=storage, with_liqe=model.aux == "liqe")
+    return Stage("write", write_parts, options, layout.block_rows, cpus=0, batch_format="pyarrow")
 
 
 def _cluster_layout(config: ScoreConfig) -> Layout:
@@ -263,6 +304,7 @@ def _write_manifest(config: ScoreConfig, summary: RunSummary, storage: Storage) 
         "images_this_run": summary.images,
         "runner": summary.runner,
         "seconds": round(summary.seconds, 3),
+        "driver_cpu_seconds": round(summary.driver_cpu_seconds, 3),
         "images_per_second": round(summary.images_per_second, 3),
         "finished_at": datetime.now(UTC).isoformat(),
         "shard_files": [shard_output_uri(config.output, s) for s in sorted(_finished_shards(config.output, storage))],

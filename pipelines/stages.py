@@ -2,7 +2,10 @@
 
 Each step is a thin shell around `piqa_model`: the numbers come from the same functions `Scorer` uses.
 Per-image results travel as a small JSON column (`record`: a `ScoreRecord`) so that error rows and nulls need
-no sentinels; crops travel as uint8 tensor columns between `Prepare` and `Score`.
+no sentinels. Between `Prepare` and `Score` an image's model inputs travel as its two resized views (smaller
+than their crops; `piqa_model.crops`), each the raw bytes of a uint8 [3, H, W] tensor with its size in
+`view_sizes`, plus the crop size and mode to cut them with and, with LIQE, the patches' bytes; a row without
+an image carries empty bytes.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import pyarrow as pa
 import torch
 
 from piqa_model import ModelConfig, PreparedImage, predict
-from piqa_model.bundle import read_bundle_files
+from piqa_model.bundle import local_bundle, read_bundle
 from piqa_model.errors import ImageReadError
 from piqa_model.faces import FaceDetector
 from piqa_model.flow import ImageFlow, add_score
@@ -25,7 +28,7 @@ from piqa_model.options import DEFAULT_DECODE, DEFAULT_PRECISION, DecodeMode, Pr
 from piqa_model.record import RECORD_SCHEMA, ScoreRecord, record_schema
 
 IMAGE_COLUMNS = ("data", "read_error")  # the encoded image, or why it could not be read (optional)
-INPUT_COLUMNS = ("overall", "face", "patches", "record")  # what Prepare hands Score
+INPUT_COLUMNS = ("overall", "face", "view_sizes", "crop", "crop_mode", "patches", "record")  # Prepare -> Score
 OUTPUT_COLUMNS = (*RECORD_SCHEMA.names, "model")  # what Score adds to a batch's own columns
 
 
@@ -55,7 +58,7 @@ class Prepare:
         prepared = self.flow.prepare(images)
         out = {name: values for name, values in batch.items() if name not in IMAGE_COLUMNS}
         out["record"] = np.array([json.dumps(asdict(record)) for record, _ in prepared], dtype=object)
-        out.update(_stack_inputs([inputs for _, inputs in prepared], self.flow.config))
+        out.update(_input_columns([inputs for _, inputs in prepared], self.flow.config))
         return out
 
 
@@ -71,30 +74,64 @@ def _freeze_what_lives_as_long_as_the_actor() -> None:
     gc.freeze()
 
 
-def _stack_inputs(prepared: list[PreparedImage | None], config: ModelConfig) -> dict[str, np.ndarray]:
-    """Uniform uint8 tensor columns; rows without an image carry zeros (they are never scored)."""
-    size = len(prepared)
-    shape = (size, config.crops_per_image, 3, config.crop, config.crop)
-    columns = {"overall": np.zeros(shape, np.uint8), "face": np.zeros(shape, np.uint8)}
+def _input_columns(prepared: list[PreparedImage | None], config: ModelConfig) -> dict[str, np.ndarray]:
+    """The columns of `INPUT_COLUMNS` but `record`, one row per image (see the module docstring)."""
+    columns = {
+        name: np.array([b"" if item is None else _raw(getattr(item, f"{name}_view")) for item in prepared], object)
+        for name in ("overall", "face")
+    }
+    no_view = ((0, 0), (0, 0))
+    columns["view_sizes"] = np.array(
+        [no_view if item is None else (item.overall_view.shape[1:], item.face_view.shape[1:]) for item in prepared],
+        np.int32,
+    ).reshape(len(prepared), 2, 2)
+    columns["crop"] = np.full(len(prepared), config.crop, np.int32)
+    columns["crop_mode"] = np.array([config.crop_mode] * len(prepared), object)
     if config.aux == "liqe" and config.liqe is not None:
-        liqe = config.liqe
-        columns["patches"] = np.zeros((size, liqe.num_patches, 3, liqe.patch_size, liqe.patch_size), np.uint8)
-    for slot, item in enumerate(prepared):
-        if item is None:
-            continue
-        columns["overall"][slot] = item.overall.numpy()
-        columns["face"][slot] = item.face.numpy()
-        if "patches" in columns and item.liqe_patches is not None:
-            columns["patches"][slot] = item.liqe_patches.numpy()
+        columns["patches"] = np.array(
+            [b"" if item is None or item.liqe_patches is None else _raw(item.liqe_patches) for item in prepared],
+            object,
+        )
     return columns
 
 
+def _prepared_images(batch: dict[str, np.ndarray], slots: list[int], config: ModelConfig) -> list[PreparedImage]:
+    """The inputs of the rows `slots` of `_input_columns`' columns; `config` gives the LIQE patches' size."""
+    patch_shape = None
+    if "patches" in batch and config.liqe is not None:
+        patch_shape = (-1, 3, config.liqe.patch_size, config.liqe.patch_size)
+    return [
+        PreparedImage(
+            _tensor(batch["overall"][slot], (3, *batch["view_sizes"][slot][0])),
+            _tensor(batch["face"][slot], (3, *batch["view_sizes"][slot][1])),
+            int(batch["crop"][slot]),
+            batch["crop_mode"][slot],
+            None if patch_shape is None else _tensor(batch["patches"][slot], patch_shape),
+        )
+        for slot in slots
+    ]
+
+
+def _raw(tensor: torch.Tensor) -> bytes:
+    return tensor.numpy().tobytes()
+
+
+def _tensor(raw: bytes, shape: tuple[int, ...]) -> torch.Tensor:
+    """The uint8 tensor of `_raw`'s bytes (copied: Ray hands read-only buffers)."""
+    return torch.frombuffer(bytearray(raw), dtype=torch.uint8).view(*map(int, shape))
+
+
 class Score:
-    """Actor: the network (weights shipped from the driver) scores the prepared rows of a batch."""
+    """Actor: the network scores the prepared rows of a batch.
+
+    It loads the bundle itself, from a copy on its node (`local_bundle`): the driver passes only the bundle's URI
+    and the id it checked, so no weights travel through Ray's object store and a restarted actor loads them again.
+    """
 
     def __init__(
         self,
-        bundle_files: dict[str, bytes],
+        bundle: str,
+        bundle_id: str,
         precision: Precision = DEFAULT_PRECISION,
         threads: int = 1,
         device: str = "auto",
@@ -104,7 +141,7 @@ class Score:
         self.precision = precision
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.net, info, self.bundle_id = read_bundle_files(bundle_files)
+        self.net, info, self.bundle_id = read_bundle(local_bundle(bundle, bundle_id), bundle_id)
         self.scale = info.scale
         self.net.to(device)
         if compile:
@@ -116,15 +153,7 @@ class Score:
         records = [ScoreRecord(**json.loads(record)) for record in batch["record"]]
         ok = [slot for slot, record in enumerate(records) if record.status == "ok"]
         if ok:
-            items = [
-                PreparedImage(
-                    torch.from_numpy(np.ascontiguousarray(batch["overall"][slot])),
-                    torch.from_numpy(np.ascontiguousarray(batch["face"][slot])),
-                    torch.from_numpy(np.ascontiguousarray(batch["patches"][slot])) if "patches" in batch else None,
-                )
-                for slot in ok
-            ]
-            scores, aux = predict(self.net, items, self.precision)
+            scores, aux = predict(self.net, _prepared_images(batch, ok, self.net.config), self.precision)
             for position, slot in enumerate(ok):
                 add_score(records[slot], float(scores[position]), None if aux is None else aux[position], self.scale)
         with_liqe = self.net.uses_aux

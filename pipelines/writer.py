@@ -1,20 +1,27 @@
-"""Per-shard output: collect a shard's rows as they stream in, commit its Parquet when the last arrives.
+"""Per-shard output, written by the workers: parts as rows stream in, one Parquet per shard when it is complete.
 
-A shard's file is written once, whole and atomically (see `Storage.write_atomic`), as soon as every
-record of the shard has a result; a reader never sees a partial file, and a rerun treats an existing
-file as done. Rows are keyed by their position in the shard, so a retried batch cannot double a row.
+The pipeline's last stage (`write_parts`, a Ray Data task) writes the scored rows of each batch as one part file
+per shard under `OUT/_parts/<shard>/` and returns a small receipt per part: which rows of which shard it holds.
+The driver's `ShardLedger` only adds up receipts (per part, never per row); when a shard's rows are all covered
+it starts `commit_shard` (a Ray task, or a call in this process), which joins the parts, keeps one row per
+position in the shard (a retried batch rewrites its part, or writes an overlapping one: neither doubles a
+row), writes `OUT/<shard>.parquet` once, whole and atomically (`Storage.write_atomic`), and removes the parts.
+A reader never sees a partial shard; a rerun treats an existing shard file as done and starts its parts over.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import posixpath
-from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipelines.storage import Storage
@@ -30,51 +37,108 @@ OUTPUT_SCHEMA = pa.schema(
         ("scored_at", pa.timestamp("us", tz="UTC")),
     ]
 )
+PARTS = "_parts"  # under the output: a shard's parts until it is committed (underscore: readers skip it)
+RECEIPT_SCHEMA = pa.schema(
+    [
+        ("shard", pa.string()),
+        ("shard_total", pa.int64()),
+        ("part", pa.string()),
+        ("starts", pa.list_(pa.int64())),  # the positions in the shard the part holds, as runs [start, stop)
+        ("stops", pa.list_(pa.int64())),
+    ]
+)
 
 
 def shard_output_uri(output: str, shard_id: str) -> str:
     return posixpath.join(output.rstrip("/"), f"{shard_id}.parquet")
 
 
+def output_schema(with_liqe: bool) -> pa.Schema:
+    """The columns of a shard's file (the LIQE summary only from a model with the LIQE branch)."""
+    return OUTPUT_SCHEMA if with_liqe else pa.schema([f for f in OUTPUT_SCHEMA if f.name not in LIQE_FIELDS])
+
+
+def clear_parts(output: str, storage: Storage) -> None:
+    """Remove every part: a run starts uncommitted shards over (parts of a killed run may hold other settings)."""
+    fs, root = storage.filesystem(posixpath.join(output.rstrip("/"), PARTS))
+    if fs.exists(root):
+        fs.rm(root, recursive=True)
+
+
+def write_parts(batch: pa.Table, *, output: str, storage: Storage, with_liqe: bool) -> pa.Table:
+    """Ray Data task: the scored rows of `batch` written as one part per shard; one receipt per part."""
+    now = pa.array([datetime.now(UTC)] * batch.num_rows, OUTPUT_SCHEMA.field("scored_at").type)
+    rows = batch.append_column("scored_at", now)
+    columns = ["index", *output_schema(with_liqe).names]
+    receipts = []
+    shards = rows["shard"].to_numpy(zero_copy_only=False)
+    for shard in dict.fromkeys(shards):
+        part = rows.filter(pa.array(shards == shard)).select(columns).sort_by("index")
+        indices = part["index"].to_numpy()
+        starts, stops = _runs(indices)
+        name = hashlib.sha256(indices.tobytes()).hexdigest()[:16]  # the same rows: the same part, rewritten
+        uri = posixpath.join(output.rstrip("/"), PARTS, shard, f"{indices[0]:09d}-{name}.parquet")
+        storage.write_atomic(uri, _parquet_bytes(part))
+        total = int(rows.filter(pa.array(shards == shard))["shard_total"][0].as_py())
+        receipts.append(dict(shard=shard, shard_total=total, part=uri, starts=starts, stops=stops))
+    return pa.Table.from_pylist(receipts, schema=RECEIPT_SCHEMA)
+
+
+def commit_shard(shard: str, parts: list[str], *, output: str, storage: Storage, with_liqe: bool) -> dict[str, int]:
+    """Join a complete shard's parts into its file, atomically; its rows' status counts."""
+    uri = shard_output_uri(output, shard)
+    fs, _ = storage.filesystem(uri)
+    table = pa.concat_tables([pq.read_table(io.BytesIO(storage.read_bytes(part))) for part in parts])
+    table = table.sort_by("index")
+    indices = table["index"].to_numpy()
+    first = np.ones(len(indices), dtype=bool)
+    first[1:] = indices[1:] != indices[:-1]  # one row per position: overlapping parts of a retried batch
+    table = table.filter(pa.array(first)).drop_columns(["index"]).cast(output_schema(with_liqe))
+    storage.write_atomic(uri, _parquet_bytes(table))
+    fs.rm([storage.filesystem(part)[1] for part in parts])  # one request on object stores
+    counts = pc.value_counts(table["status"]).to_pylist()
+    return {item["values"]: item["counts"] for item in counts}
+
+
 @dataclass
-class ShardCommitter:
-    output: str
-    storage: Storage
-    with_liqe: bool
-    pending: dict[str, dict[int, dict[str, Any]]] = field(default_factory=dict)
-    counts: Counter = field(default_factory=Counter)
-    committed: list[str] = field(default_factory=list)
+class ShardLedger:
+    """The driver's side: receipts in, a commit started for each shard whose rows are all written.
+
+    `commit(shard, parts)` commits one shard: `commit_shard` here, or a Ray task running it; what it returns (the
+    shard's counts, or a reference to them) is kept in `commits`.
+    """
+
+    commit: Callable[[str, list[str]], Any]
+    covered: dict[str, np.ndarray] = field(default_factory=dict)  # shard -> which positions have a written row
+    parts: dict[str, list[str]] = field(default_factory=dict)
+    commits: list[Any] = field(default_factory=list)
 
     @property
-    def schema(self) -> pa.Schema:
-        if self.with_liqe:
-            return OUTPUT_SCHEMA
-        return pa.schema([f for f in OUTPUT_SCHEMA if f.name not in LIQE_FIELDS])
+    def pending(self) -> list[str]:
+        """Shards with rows written but not all of them."""
+        return sorted(self.covered)
 
-    def add(self, batch: pa.Table) -> None:
-        """Take a batch of scored rows; commit every shard it completes."""
-        now = datetime.now(UTC)
-        touched = set()
-        stored = [name for name in self.schema.names if name != "scored_at"]
-        for row in batch.to_pylist():
-            shard = row["shard"]
-            self.pending.setdefault(shard, {})[row["index"]] = {name: row[name] for name in stored} | {
-                "scored_at": now,
-                "_total": row["shard_total"],
-            }
-            touched.add(shard)
-        for shard in touched:
-            rows = self.pending[shard]
-            if len(rows) == next(iter(rows.values()))["_total"]:
-                self._commit(shard, [rows[i] for i in sorted(rows)])
-                del self.pending[shard]
+    def add(self, receipts: pa.Table) -> None:
+        for receipt in receipts.to_pylist():
+            shard = receipt["shard"]
+            covered = self.covered.setdefault(shard, np.zeros(receipt["shard_total"], dtype=bool))
+            for start, stop in zip(receipt["starts"], receipt["stops"], strict=True):
+                covered[start:stop] = True
+            self.parts.setdefault(shard, []).append(receipt["part"])
+            if covered.all():
+                del self.covered[shard]
+                self.commits.append(self.commit(shard, sorted(set(self.parts.pop(shard)))))
 
-    def _commit(self, shard: str, rows: list[dict[str, Any]]) -> None:
-        for row in rows:
-            row.pop("_total")
-        self.counts.update(row["status"] for row in rows)
-        table = pa.Table.from_pylist(rows, schema=self.schema)
-        buffer = io.BytesIO()
-        pq.write_table(table, buffer, compression="zstd")
-        self.storage.write_atomic(shard_output_uri(self.output, shard), buffer.getvalue())
-        self.committed.append(shard)
+
+def _runs(indices: np.ndarray) -> tuple[list[int], list[int]]:
+    """Sorted positions as runs of consecutive ones: ([starts], [stops))."""
+    breaks = np.flatnonzero(np.diff(indices) != 1) + 1
+    starts = np.concatenate([[0], breaks])
+    stops = np.concatenate([breaks, [len(indices)]])
+    return indices[starts].tolist(), (indices[stops - 1] + 1).tolist()
+
+
+def _parquet_bytes(table: pa.Table) -> bytes:
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer, compression="zstd")
+    return buffer.getvalue()

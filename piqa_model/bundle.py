@@ -1,27 +1,35 @@
 """Model bundles: a directory holding everything needed to score with a trained network.
 
-    <bundle>/config.json        {"model": ModelConfig, "bundle": BundleInfo}
+    <bundle>/config.json        {"id": bundle id, "model": ModelConfig, "bundle": BundleInfo}
     <bundle>/model.safetensors  the weights (LIQE prompt features included, so they are never recomputed)
     <bundle>/MODEL_CARD.md      what it is, what it was trained on, how good it is
 
-A bundle's id is its name plus a hash of its weights, so scores can always be traced to the exact model.
+A bundle's id is its name plus a hash of its weights, so scores can always be traced to the exact model. It is
+recorded in config.json, so a job can name and check a bundle from its config alone (`inspect_bundle`) and each
+node loads its own copy (`local_bundle`) instead of the driver shipping the weights; every load recomputes the
+hash and refuses weights that no longer match the recorded id. Bundles saved before the id was recorded have
+their weights hashed instead.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import hashlib
+import io
 import json
 import os
 import shutil
+import struct
 import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import fsspec
 import torch
+from fsspec.implementations.local import LocalFileSystem
 from safetensors.torch import load, save_file
 
 from piqa_model.calibration import ScoreScale, describe_scale
@@ -34,6 +42,7 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 CARD_FILE = "MODEL_CARD.md"
 SHIPPED_BUNDLE = Path(__file__).parent / "assets" / "starter"
+MAX_HEADER_BYTES = 100_000_000  # the safetensors format's own limit on its JSON header
 
 
 class UntrainedModelWarning(UserWarning):
@@ -64,7 +73,9 @@ def save_bundle(net: DualBranchNet, path: str | Path, info: BundleInfo, card: st
     try:
         state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
         save_file(state, staging / WEIGHTS_FILE)
-        document = {"model": net.config.to_dict(), "bundle": dataclasses.asdict(info)}
+        with open(staging / WEIGHTS_FILE, "rb") as weights:
+            recorded = _weights_id(weights, info)
+        document = {"id": recorded, "model": net.config.to_dict(), "bundle": dataclasses.asdict(info)}
         (staging / CONFIG_FILE).write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
         (staging / CARD_FILE).write_text(card or _default_card(net.config, info))
         for written in (staging, *staging.iterdir()):  # mkdtemp makes them owner-only: a bundle is for sharing
@@ -96,23 +107,50 @@ def bundle_files(path: str | Path) -> dict[str, bytes]:
     return files
 
 
-def read_bundle(path: str | Path) -> tuple[DualBranchNet, BundleInfo, str]:
-    """(network in eval mode, bundle info, bundle id) from a bundle directory."""
-    return read_bundle_files(bundle_files(path))
+def read_bundle(path: str | Path, expected_id: str | None = None) -> tuple[DualBranchNet, BundleInfo, str]:
+    """(network in eval mode, bundle info, bundle id) from a bundle directory. `expected_id`: the id a job
+    checked before it started (`inspect_bundle`); a bundle that has changed since is refused."""
+    net, info, loaded_id = read_bundle_files(bundle_files(path))
+    if expected_id is not None and loaded_id != expected_id:
+        raise _changed(path, expected_id, loaded_id)
+    return net, info, loaded_id
+
+
+def _changed(uri: str | Path, expected_id: str, found_id: str) -> WeightsError:
+    return WeightsError(
+        f"bundle {uri} changed after the job checked it: it was {expected_id}, it is now {found_id}; "
+        "rerun the job (and keep a bundle unchanged while a job reads it)"
+    )
 
 
 def read_bundle_config(files: dict[str, bytes]) -> tuple[ModelConfig, BundleInfo]:
     """A bundle's model config and info, without building the network."""
+    config, info, _ = _parse_config(files[CONFIG_FILE])
+    return config, info
+
+
+def _parse_config(data: bytes) -> tuple[ModelConfig, BundleInfo, str | None]:
+    """config.json's model config, bundle info and recorded id (None in bundles saved before ids were recorded)."""
     try:
-        document = json.loads(files[CONFIG_FILE])
-        return ModelConfig.from_dict(document["model"]), BundleInfo(**document["bundle"])
-    except (ValueError, KeyError, TypeError) as exc:
+        document = json.loads(data)
+        recorded = document.get("id")
+        if recorded is not None and not isinstance(recorded, str):
+            raise TypeError(f"its id is {recorded!r}, not a string")
+        return ModelConfig.from_dict(document["model"]), BundleInfo(**document["bundle"]), recorded
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise WeightsError(f"not a valid bundle config: {exc}") from None
 
 
 def read_bundle_files(files: dict[str, bytes]) -> tuple[DualBranchNet, BundleInfo, str]:
-    """`read_bundle` on bytes already in memory (how the pipeline ships a bundle to its workers)."""
-    config, info = read_bundle_config(files)
+    """`read_bundle` on bytes already in memory. Refuses weights that do not match the id in config.json."""
+    config, info, recorded = _parse_config(files[CONFIG_FILE])
+    loaded_id = bundle_id(files, info)
+    if recorded is not None and recorded != loaded_id:
+        raise WeightsError(
+            f"bundle '{info.name}': its weights do not match the id recorded in config.json (recorded {recorded}, "
+            f"the weights give {loaded_id}): {WEIGHTS_FILE} was changed or damaged after the bundle was saved; "
+            "restore it, or save the bundle again with save_bundle"
+        )
     net = DualBranchNet(config)
     try:
         missing, unexpected = net.load_state_dict(load(files[WEIGHTS_FILE]), strict=False)
@@ -122,16 +160,130 @@ def read_bundle_files(files: dict[str, bytes]) -> tuple[DualBranchNet, BundleInf
         raise WeightsError(
             f"bundle weights do not match its config: missing {missing[:5]}, unexpected {unexpected[:5]}"
         )
-    return net.eval(), info, bundle_id(files, info)
+    return net.eval(), info, loaded_id
 
 
 def bundle_id(files: dict[str, bytes], info: BundleInfo) -> str:
     """The bundle's name and a hash of its weights (and of its score scale: the same weights on another scale give
     other scores), without building the network."""
-    digest = hashlib.sha256(files[WEIGHTS_FILE])
+    return _weights_id(io.BytesIO(files[WEIGHTS_FILE]), info)
+
+
+def _weights_id(weights: BinaryIO, info: BundleInfo) -> str:
+    """`bundle_id` of a weights file read in chunks (it need not fit in memory)."""
+    digest = hashlib.file_digest(weights, "sha256")
     if info.score_scale is not None:
         digest.update(json.dumps(info.score_scale, sort_keys=True).encode())
     return f"{info.name}-{digest.hexdigest()[:12]}"
+
+
+def inspect_bundle(uri: str | Path) -> tuple[ModelConfig, BundleInfo, str]:
+    """(model config, bundle info, bundle id) of the bundle at `uri` (a local directory, any fsspec URI such as
+    s3://..., or models:/...), read from its config.json alone: what a job's driver needs before it starts.
+
+    The weights are checked without being loaded: the file exists, its safetensors header is whole and, with the
+    LIQE branch, holds the LIQE weights. Their bytes are hashed only for a bundle saved without a recorded id.
+    """
+    if is_registry_uri(str(uri)):
+        uri = download_registered_bundle(str(uri), cache_dir())
+    fs, root = fsspec.core.url_to_fs(str(uri))
+    root = root.rstrip("/")
+    try:
+        config_data = fs.cat_file(f"{root}/{CONFIG_FILE}")
+    except FileNotFoundError:
+        raise WeightsError(f"not a model bundle: {uri} has no {CONFIG_FILE}") from None
+    except Exception as exc:
+        raise WeightsError(f"cannot read bundle {uri}: {type(exc).__name__}: {exc}") from None
+    config, info, recorded = _parse_config(config_data)
+    weights = f"{root}/{WEIGHTS_FILE}"
+    try:
+        with fs.open(weights, "rb", cache_type="none") as stream:  # no read-ahead: only the header's bytes
+            tensors = _safetensors_header(stream, fs.size(weights), f"{uri}/{WEIGHTS_FILE}")
+        if recorded is None:
+            with fs.open(weights, "rb") as stream:
+                recorded = _weights_id(stream, info)
+    except FileNotFoundError:
+        raise WeightsError(f"not a model bundle: {uri} has no {WEIGHTS_FILE}") from None
+    except WeightsError:
+        raise
+    except Exception as exc:
+        raise WeightsError(f"cannot read bundle {uri}: {type(exc).__name__}: {exc}") from None
+    if config.aux == "liqe" and (config.liqe is None or "liqe.text_features" not in tensors):
+        raise WeightsError(
+            f"bundle {uri} reads LIQE features but holds no LIQE weights; import them with "
+            "`piqa weights import-dnpiqa --checkpoint PIQ_model.pth --liqe LIQE.pt`"
+        )
+    return config, info, recorded
+
+
+def _safetensors_header(stream: BinaryIO, size: int, where: str) -> set[str]:
+    """The tensor names in a safetensors file's header (8-byte little-endian length, then JSON), reading only the
+    header; raises WeightsError unless it parses and the file is as long as the header says."""
+    prefix = stream.read(8)
+    length = struct.unpack("<Q", prefix)[0] if len(prefix) == 8 else -1
+    if not 0 < length <= min(MAX_HEADER_BYTES, size - 8):
+        raise WeightsError(f"{where} is not a safetensors file (no valid header); save the bundle again")
+    try:
+        header = json.loads(stream.read(length))
+        tensors = {name: spec for name, spec in header.items() if name != "__metadata__"}
+        end = max((int(spec["data_offsets"][1]) for spec in tensors.values()), default=0)
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
+        raise WeightsError(f"{where} has a damaged safetensors header ({exc}); save the bundle again") from None
+    if 8 + length + end != size:
+        raise WeightsError(
+            f"{where} is {size} bytes, its header describes {8 + length + end}: it is truncated or damaged; "
+            "copy or save the bundle again"
+        )
+    return set(tensors)
+
+
+def local_bundle(uri: str | Path, expected_id: str) -> Path:
+    """A directory on this node holding the bundle at `uri`, which the job's driver found to be `expected_id`
+    (`inspect_bundle`): what each scoring actor loads with `read_bundle(local_bundle(...), expected_id)`.
+
+    A local directory is used in place, so on a cluster it must exist on every node. A models:/ URI is
+    downloaded once per version into the piqa cache; another remote URI (s3://...) once per id, into
+    cache_dir()/bundles/<id>, under a lock so that the actors of one node download it once between them.
+    """
+    if is_registry_uri(str(uri)):
+        return download_registered_bundle(str(uri), cache_dir())
+    fs, root = fsspec.core.url_to_fs(str(uri))
+    if isinstance(fs, LocalFileSystem):
+        path = Path(root)
+        if not (path / CONFIG_FILE).is_file():
+            raise WeightsError(
+                f"bundle directory {path} is not on this node ({os.uname().nodename}): on a cluster, pass an s3:// "
+                "or models:/ bundle, or install the bundle at the same path on every node"
+            )
+        return path
+    target = cache_dir() / "bundles" / expected_id
+    if (target / CONFIG_FILE).is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.parent / f".{expected_id}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also when the process dies
+        if not (target / CONFIG_FILE).is_file():  # else another actor of this node copied it while we waited
+            _copy_remote_bundle(fs, root.rstrip("/"), uri, target, expected_id)
+    return target
+
+
+def _copy_remote_bundle(fs: fsspec.AbstractFileSystem, root: str, uri: str | Path, target: Path, expected: str) -> None:
+    """Copy a bundle's config and weights into `target`, whole or not at all (staged, then renamed)."""
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        for name in (CONFIG_FILE, WEIGHTS_FILE):
+            try:
+                fs.get_file(f"{root}/{name}", str(staging / name))
+            except FileNotFoundError:
+                raise WeightsError(f"not a model bundle: {uri} has no {name}") from None
+            except Exception as exc:
+                raise WeightsError(f"cannot copy bundle {uri}: {type(exc).__name__}: {exc}") from None
+        found = inspect_bundle(staging)[2]
+        if found != expected:
+            raise _changed(uri, expected, found)
+        os.replace(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def cache_dir() -> Path:

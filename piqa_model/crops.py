@@ -1,6 +1,10 @@
 """The model's view of an image: resize the short side, cut five (or one centre) crops, for the whole
 image and for the face region; plus the LIQE patches. Everything stays uint8 until the network
 normalises it, so prepared inputs are small to ship between processes.
+
+A `PreparedImage` holds the two resized views rather than their crops: the five crops of a view overlap
+and repeat most of its pixels, so the view is the smaller thing to ship; the crops are cut from it where
+the network reads them (`cut_crops`: slicing, on any device).
 """
 
 from __future__ import annotations
@@ -15,15 +19,35 @@ from piqa_model.config import ModelConfig
 from piqa_model.faces import Box, FaceDetection, face_region
 from piqa_model.images import to_uint8_tensor_chw
 from piqa_model.liqe import cut_patches
+from piqa_model.options import CropMode
 
 
 @dataclass
 class PreparedImage:
-    """Model inputs of one image: crops [K, 3, S, S] uint8 and, with LIQE, patches [15, 3, 224, 224]."""
+    """Model inputs of one image: the whole image's and the face region's views [3, H, W] uint8 (see
+    `resized_view`), how to cut their crops, and, with LIQE, patches [15, 3, 224, 224].
 
-    overall: torch.Tensor
-    face: torch.Tensor
+    `overall` and `face` are the crops [K, 3, S, S]; `crops(view)` cuts them from a view moved elsewhere
+    (a GPU) first.
+    """
+
+    overall_view: torch.Tensor
+    face_view: torch.Tensor
+    crop: int
+    crop_mode: CropMode
     liqe_patches: torch.Tensor | None
+
+    @property
+    def overall(self) -> torch.Tensor:
+        return self.crops(self.overall_view)
+
+    @property
+    def face(self) -> torch.Tensor:
+        return self.crops(self.face_view)
+
+    def crops(self, view: torch.Tensor) -> torch.Tensor:
+        """The crops [K, 3, S, S] of `view`, this image's `overall_view` or `face_view` on any device."""
+        return cut_crops(view, self.crop, self.crop_mode)
 
 
 def resize_short_side(
@@ -42,25 +66,45 @@ def resize_short_side(
     return image.resize(new_size, Image.Resampling.BILINEAR, box=box)
 
 
+def resized_view(
+    image: Image.Image, config: ModelConfig, box: Box | None = None, extent: tuple[int, int] | None = None
+) -> torch.Tensor:
+    """[3, H, W] uint8: `image` or its region `box` resized (see `resize_short_side`), cut down to the
+    bounding box of the crops `config.crop_mode` takes: the whole view for five crops, the centre crop alone
+    for one. `cut_crops` cuts the same crops from it as from the whole view."""
+    pixels = to_uint8_tensor_chw(resize_short_side(image, config.resize, box, extent))
+    if config.crop_mode == "center":
+        return _centre(pixels, config.crop).contiguous()
+    return pixels
+
+
+def cut_crops(view: torch.Tensor, size: int, crop_mode: CropMode) -> torch.Tensor:
+    """[K, 3, size, size] from a view [3, H, W] on any device: five crops (4 corners then centre) or the
+    centre one."""
+    centre = _centre(view, size)
+    if crop_mode == "center":
+        return centre.unsqueeze(0).contiguous()
+    height, width = view.shape[-2:]
+    corners = [
+        view[:, :size, :size],
+        view[:, :size, width - size :],
+        view[:, height - size :, :size],
+        view[:, height - size :, width - size :],
+    ]
+    return torch.stack([*corners, centre])
+
+
+def _centre(view: torch.Tensor, size: int) -> torch.Tensor:
+    height, width = view.shape[-2:]
+    top, left = (height - size) // 2, (width - size) // 2
+    return view[:, top : top + size, left : left + size]
+
+
 def crop_views(
     image: Image.Image, config: ModelConfig, box: Box | None = None, extent: tuple[int, int] | None = None
 ) -> torch.Tensor:
-    """[K, 3, crop, crop] uint8: five crops (4 corners then centre) or the centre one, of `image` or its
-    region `box` (see `resize_short_side`)."""
-    pixels = to_uint8_tensor_chw(resize_short_side(image, config.resize, box, extent))
-    height, width = pixels.shape[-2:]
-    size = config.crop
-    top, left = (height - size) // 2, (width - size) // 2
-    centre = pixels[:, top : top + size, left : left + size]
-    if config.crop_mode == "center":
-        return centre.unsqueeze(0).contiguous()
-    corners = [
-        pixels[:, :size, :size],
-        pixels[:, :size, width - size :],
-        pixels[:, height - size :, :size],
-        pixels[:, height - size :, width - size :],
-    ]
-    return torch.stack([*corners, centre]).contiguous()
+    """[K, 3, crop, crop] uint8: the crops (`cut_crops`) of `image` or its region `box` (`resized_view`)."""
+    return cut_crops(resized_view(image, config, box, extent), config.crop, config.crop_mode)
 
 
 def prepare(
@@ -70,7 +114,7 @@ def prepare(
 
     `image` may be a reduced decode of an original of `original_size` (see `piqa_model.decode`); the detection
     is then in original pixels. The face region is computed in original pixels and mapped onto `image`, so the
-    crops see the same part of the photo as from a full decode.
+    views see the same part of the photo as from a full decode.
     """
     width, height = original_size or image.size
     if (width, height) != image.size and config.aux == "liqe":
@@ -87,8 +131,9 @@ def prepare(
         min(image.height, math.ceil(box[3])),
     )
     inner = (box[0] - outer[0], box[1] - outer[1], box[2] - outer[0], box[3] - outer[1])
-    face = crop_views(image.crop(outer), config, inner, (right - left, bottom - top))
+    face = resized_view(image.crop(outer), config, inner, (right - left, bottom - top))
     patches = None
     if config.aux == "liqe" and config.liqe is not None:
         patches = cut_patches(to_uint8_tensor_chw(image), config.liqe)
-    return PreparedImage(crop_views(image, config, extent=(width, height)), face, patches)
+    overall = resized_view(image, config, extent=(width, height))
+    return PreparedImage(overall, face, config.crop, config.crop_mode, patches)

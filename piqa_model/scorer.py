@@ -33,8 +33,9 @@ def predict(
     faster, with scores close to fp32's (BENCHMARKS.md, "Scoring throughput").
     """
     device = net.device
-    overall = _to_device(torch.stack([item.overall for item in batch]), device)
-    face = _to_device(torch.stack([item.face for item in batch]), device)
+    # Each view travels to the device as it is (smaller than its crops) and is cut there.
+    overall = torch.stack([item.crops(_to_device(item.overall_view, device)) for item in batch])
+    face = torch.stack([item.crops(_to_device(item.face_view, device)) for item in batch])
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
         aux = None
         if net.uses_aux:

@@ -10,6 +10,7 @@ import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 
 def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
@@ -35,6 +36,19 @@ def kill_driver_when(
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(driver.pid, signal.SIGKILL)
+
+
+def settled(observe: Callable[[], Any], quiet: float = 3.0, timeout: float = 60.0) -> Any:
+    """What `observe()` returns once it has stayed the same for `quiet` seconds."""
+    deadline = time.monotonic() + timeout
+    last, since = observe(), time.monotonic()
+    while time.monotonic() - since < quiet:
+        assert time.monotonic() < deadline, f"still changing after {timeout} s: {last}"
+        time.sleep(0.5)
+        now = observe()
+        if now != last:
+            last, since = now, time.monotonic()
+    return last
 
 
 RAY_INFO_LINE = re.compile(r"^\S.*\tINFO \S+\.py:\d+ -- |Running Dataset|Started a local Ray instance", re.MULTILINE)

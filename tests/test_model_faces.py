@@ -8,8 +8,9 @@ import torch
 from PIL import Image
 
 import piqa_model
-from piqa_model.crops import prepare
+from piqa_model.crops import prepare, resize_short_side
 from piqa_model.faces import FaceDetection, face_region
+from piqa_model.images import to_uint8_tensor_chw
 
 
 @pytest.fixture(scope="module")
@@ -140,6 +141,32 @@ def test_prepare_centre_crop(portraits, batch_detections):
     five = prepare(portraits[0], batch_detections[0], SMALL)
     assert torch.equal(prepared.overall[0], five.overall[4])
     assert torch.equal(prepared.face[0], five.face[4])
+
+
+def corners_and_centre(view: np.ndarray, size: int) -> np.ndarray:
+    """The five crops of a [3, H, W] view, by plain numpy slicing."""
+    height, width = view.shape[1:]
+    top, left = (height - size) // 2, (width - size) // 2
+    corners = [view[:, :size, :size], view[:, :size, -size:], view[:, -size:, :size], view[:, -size:, -size:]]
+    return np.stack([*corners, view[:, top : top + size, left : left + size]])
+
+
+@pytest.mark.parametrize(("index", "reduce"), [(0, 1), (0, 2), (3, 1)])
+def test_crops_cut_from_the_views_are_the_crops_of_the_whole_resized_views(portraits, batch_detections, index, reduce):
+    """A PreparedImage ships views cut down to what its crops read; the crops cut from them are the same, for a
+    full decode and a reduced one (`reduce`: as a draft decode gives)."""
+    original = portraits[index]
+    image = original.reduce(reduce)
+    five = prepare(image, batch_detections[index], SMALL, original.size)
+    centre = prepare(image, batch_detections[index], SMALL.replace(crop_mode="center"), original.size)
+    whole = resize_short_side(image, SMALL.resize, extent=original.size)
+    assert torch.equal(five.overall_view, to_uint8_tensor_chw(whole))  # five crops read the whole view
+    for name in ("overall", "face"):
+        view = getattr(five, f"{name}_view")
+        assert min(view.shape[1:]) == SMALL.resize
+        np.testing.assert_array_equal(getattr(five, name).numpy(), corners_and_centre(view.numpy(), SMALL.crop))
+        assert getattr(centre, f"{name}_view").shape == (3, SMALL.crop, SMALL.crop)
+        assert torch.equal(getattr(centre, name), getattr(five, name)[4:])
 
 
 def test_prepare_without_face_uses_the_whole_image(portraits):

@@ -7,8 +7,10 @@ the two stages is the same wherever they run.
 from __future__ import annotations
 
 import gc
+import json
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -19,7 +21,8 @@ from pipelines.readers import read_shards, read_units
 from pipelines.shards import list_shards
 from pipelines.stages import Prepare, PrepareAndScore, Score
 from pipelines.storage import Storage
-from piqa_model.bundle import UntrainedModelWarning, bundle_files, default_bundle_path, read_bundle_files
+from piqa_model import load_bundle, preset
+from piqa_model.bundle import UntrainedModelWarning, default_bundle_path, inspect_bundle
 
 warnings.filterwarnings("ignore", category=UntrainedModelWarning)
 
@@ -27,7 +30,7 @@ warnings.filterwarnings("ignore", category=UntrainedModelWarning)
 @dataclass
 class Stages:
     corpus: Corpus
-    files: dict[str, bytes]
+    score_args: dict  # Score's: the bundle's path and id
     prepare_args: dict
     batch: dict[str, np.ndarray]  # read_shards' rows
     prepared: dict[str, np.ndarray]  # Prepare's output
@@ -42,15 +45,13 @@ def stages(shared_dir, tmp_path_factory) -> Stages:
     [records] = list(read_shards(shard_batch, storage=storage, image_column="jpg", key_column="key", chunk_size=100))
     batch = {name: records.column(name).to_numpy(zero_copy_only=False) for name in records.column_names}
 
-    files = bundle_files(default_bundle_path())
-    net, _, _ = read_bundle_files(files)
-    prepare_args = dict(
-        config=net.config.replace(crop_mode="center"), detect_size=640, min_face_size=20, max_pixels=10**8
-    )
+    config, _, bundle_id = inspect_bundle(default_bundle_path())
+    score_args = dict(bundle=str(default_bundle_path()), bundle_id=bundle_id)
+    # Five crops, not the bundle's own centre crop: the views Prepare ships are then the whole resized images.
+    prepare_args = dict(config=config.replace(crop_mode="five"), detect_size=640, min_face_size=20, max_pixels=10**8)
     prepared = Prepare(**prepare_args)(batch)
-    crop = net.config.crop
-    assert prepared["overall"].shape == (len(corpus.expected), 1, 3, crop, crop)
-    return Stages(corpus, files, prepare_args, batch, prepared)
+    assert list(prepared["crop_mode"]) == ["five"] * len(corpus.expected)
+    return Stages(corpus, score_args, prepare_args, batch, prepared)
 
 
 def assert_same_rows(a_rows: pa.Table, b_rows: pa.Table, stages: Stages) -> None:
@@ -62,14 +63,44 @@ def assert_same_rows(a_rows: pa.Table, b_rows: pa.Table, stages: Stages) -> None
 
 
 def test_prepare_then_score_equals_the_fused_actor(stages):
-    split = Score(stages.files, device="cpu")(stages.prepared)
-    fused = PrepareAndScore(prepare=stages.prepare_args, score=dict(bundle_files=stages.files))(stages.batch)
+    split = Score(**stages.score_args, device="cpu")(stages.prepared)
+    fused = PrepareAndScore(prepare=stages.prepare_args, score=stages.score_args)(stages.batch)
     assert_same_rows(split, fused, stages)
 
 
+def test_prepare_then_score_gives_the_scorers_scores(stages):
+    """The views cross from Prepare to Score as bytes and come back as the inputs `Scorer.score` predicts from."""
+    scorer = load_bundle()
+    prepare = Prepare(scorer.config, detect_size=640, min_face_size=20, max_pixels=10**8)
+    rows = Score(str(default_bundle_path()), scorer.bundle_id, device="cpu")(prepare(stages.batch)).to_pylist()
+    expected = scorer.score([bytes(data) for data in stages.batch["data"]])
+    assert [row["status"] for row in rows] == [row["status"] for row in expected]
+    assert "ok" in {row["status"] for row in rows}
+    for row, want in zip(rows, expected, strict=True):
+        if row["status"] == "ok":
+            assert np.isclose(row["score"], want["score"], atol=1e-5) and row["face_box"] == want["face_box"]
+
+
+SAMPLES = Path(__file__).parents[1] / "samples" / "portraits"
+
+
+def test_prepare_ships_dn_piqa_views_of_at_most_1_5_mb_per_image():
+    """The full model's five-crop geometry: an image's two views, not its ten crops (4.4 MB); the LIQE patches as
+    they were; nothing for an image that failed."""
+    config = preset("dn-piqa")
+    names = ["london_001_03.jpg", "london_010_03.jpg", "congress_A000014.jpg", "congress_B001260.jpg"]
+    data = [(SAMPLES / name).read_bytes() for name in [*names, "broken_not_an_image.jpg"]]
+    out = Prepare(config, detect_size=640, min_face_size=20, max_pixels=10**8)({"data": np.array(data, object)})
+    assert [json.loads(record)["status"] for record in out["record"]] == ["ok"] * len(names) + ["decode_error"]
+    views = [len(overall) + len(face) for overall, face in zip(out["overall"], out["face"], strict=True)]
+    assert np.mean(views[:-1]) <= 1.5e6
+    assert all(len(patches) == 15 * 3 * 224 * 224 for patches in out["patches"][:-1])
+    assert (views[-1], len(out["patches"][-1]), out["view_sizes"][-1].any()) == (0, 0, False)
+
+
 def test_compiled_scoring_actor_gives_the_eager_scores(stages):
-    eager = Score(stages.files, device="cpu")
-    compiled = Score(stages.files, device="cpu", compile=True)
+    eager = Score(**stages.score_args, device="cpu")
+    compiled = Score(**stages.score_args, device="cpu", compile=True)
     assert list(compiled.net.state_dict()) == list(eager.net.state_dict())  # bundles still save and load
     assert_same_rows(compiled(stages.prepared), eager(stages.prepared), stages)
 
@@ -77,7 +108,7 @@ def test_compiled_scoring_actor_gives_the_eager_scores(stages):
 def test_actors_take_what_they_loaded_out_of_the_collectors_view(stages):
     """Frozen, what an actor loaded is not walked again by Python's last collection at exit."""
     try:
-        for build in (lambda: Score(stages.files, device="cpu"), lambda: Prepare(**stages.prepare_args)):
+        for build in (lambda: Score(**stages.score_args, device="cpu"), lambda: Prepare(**stages.prepare_args)):
             gc.unfreeze()
             actor = build()
             tracked = {id(o) for o in gc.get_objects()}  # frozen objects are not listed

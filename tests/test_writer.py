@@ -1,0 +1,58 @@
+"""The workers' write path: parts per batch, the driver's ledger of receipts, one commit per complete shard."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipelines.storage import Storage
+from pipelines.writer import PARTS, ShardLedger, clear_parts, commit_shard, output_schema, write_parts
+
+
+def scored(shard: str, indices: list[int], total: int) -> pa.Table:
+    """Rows as the scoring stage hands them on (the output's columns, plus position and shard size)."""
+    schema = output_schema(with_liqe=False)
+    rows = [
+        {name: None for name in schema.names if name != "scored_at"}
+        | dict(key=f"{shard}/{i}", source="src", shard=shard, status="ok", score=float(i), model="m")
+        | dict(index=i, shard_total=total)
+        for i in indices
+    ]
+    columns = [f for f in schema if f.name != "scored_at"] + [
+        pa.field("index", pa.int64()),
+        pa.field("shard_total", pa.int64()),
+    ]
+    return pa.Table.from_pylist(rows, schema=pa.schema(columns))
+
+
+def test_a_shard_commits_once_its_rows_are_all_written_even_from_overlapping_retried_parts(tmp_path: Path):
+    storage, output = Storage(), str(tmp_path / "out")
+    where = dict(output=output, storage=storage, with_liqe=False)
+    ledger = ShardLedger(functools.partial(commit_shard, **where))
+
+    # A batch holding two shards' rows; then a retried batch whose rows overlap a written part.
+    ledger.add(write_parts(pa.concat_tables([scored("a", [0, 1], 5), scored("b", [0, 1, 2], 3)]), **where))
+    assert ledger.pending == ["a"] and len(ledger.commits) == 1
+    assert pq.read_table(tmp_path / "out" / "b.parquet")["key"].to_pylist() == ["b/0", "b/1", "b/2"]
+    ledger.add(write_parts(scored("a", [1, 2, 4], 5), **where))
+    assert not (tmp_path / "out" / "a.parquet").exists(), "position 3 is still missing"
+    ledger.add(write_parts(scored("a", [3], 5), **where))
+
+    assert ledger.pending == []
+    assert ledger.commits == [{"ok": 3}, {"ok": 5}]
+    table = pq.read_table(tmp_path / "out" / "a.parquet")
+    assert table["key"].to_pylist() == [f"a/{i}" for i in range(5)]  # in shard order, no row twice
+    assert table.schema.names == output_schema(with_liqe=False).names
+    assert not list((tmp_path / "out" / PARTS).rglob("*.parquet")), "committed parts are removed"
+    clear_parts(output, storage)
+    assert not (tmp_path / "out" / PARTS).exists()
+
+
+def test_receipts_describe_runs_of_positions(tmp_path: Path):
+    receipts = write_parts(scored("a", [7, 2, 3, 9, 8], 10), output=str(tmp_path), storage=Storage(), with_liqe=False)
+    (receipt,) = receipts.to_pylist()
+    assert (receipt["starts"], receipt["stops"]) == ([2, 7], [4, 10])
+    assert pq.read_table(receipt["part"])["index"].to_pylist() == [2, 3, 7, 8, 9]
