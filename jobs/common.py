@@ -14,7 +14,7 @@ from dataclasses import MISSING, fields
 from typing import TYPE_CHECKING, Any
 
 from pipelines.config import ScoreConfig
-from pipelines.runtime import apply_local_hygiene, set_ray_verbose
+from pipelines.runtime import RAY_FALSE_ALARM, apply_local_hygiene, drop_stderr_lines, set_ray_verbose
 from piqa_model.errors import PiqaError
 
 if TYPE_CHECKING:
@@ -136,4 +136,6 @@ def run(argv: Sequence[str] | None, parser_factory: Callable[[], argparse.Argume
 
 def main(argv: Sequence[str] | None, parser_factory: Callable[[], argparse.ArgumentParser]) -> None:
     """A `python -m jobs.<module>` entrypoint: run the command, exit with its code."""
+    if "--verbose" not in (sys.argv[1:] if argv is None else argv):
+        drop_stderr_lines(RAY_FALSE_ALARM)
     sys.exit(run(argv, parser_factory))

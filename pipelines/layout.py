@@ -17,13 +17,16 @@ Every size can be set explicitly (`ScoreConfig`); the derived ones fill the clus
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
 from pipelines.config import ScoreConfig
 
 READ_TASK_CPUS = 0.25
-BLOCK_ROWS = 8  # images per block between steps: a few ms of Ray per block; small enough to balance actors at the end
+BLOCK_ROWS = 8  # images per block between steps, at least: small enough to balance a small job's actors at the end
+MAX_BLOCK_ROWS = 128  # at most: Ray's cost in the driver is per block (BENCHMARKS.md, "Scale")
+BLOCKS_PER_ACTOR = 8  # a job's blocks grow until its actors would get fewer than this many each
 GPU_BATCH = 32
 CPU_BATCH = 1  # one image (10 crops) per forward: faster than batches of 4 on most CPU sets (BENCHMARKS.md)
 
@@ -86,3 +89,12 @@ def _sizes(requested: tuple[int, int] | None, slots: int) -> tuple[int, int]:
         return slots, slots
     low, high = requested
     return min(low, slots), high
+
+
+def sized_for(layout: Layout, images: int | None) -> Layout:
+    """`layout` with blocks as large as a job of `images` images allows (None: not known before reading, as for tar
+    and parquet shards). A block costs the driver the same whatever it holds, so a long job wants large blocks;
+    each actor of the pool that takes them still gets `BLOCKS_PER_ACTOR` or more, so that none idles at the end."""
+    actors = (layout.prepare or layout.score).size[1]
+    rows = MAX_BLOCK_ROWS if images is None else images // (BLOCKS_PER_ACTOR * actors)
+    return dataclasses.replace(layout, block_rows=max(layout.block_rows, min(MAX_BLOCK_ROWS, rows)))

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pyarrow as pa
 
 if TYPE_CHECKING:
@@ -56,44 +57,63 @@ def run_stages(ds: ray.data.Dataset, stages: Sequence[Stage]) -> ray.data.Datase
     return ds
 
 
-def run_in_process(stages: Sequence[Stage], items: list[dict[str, Any]]) -> Iterator[pa.Table]:
+Batch = pa.Table | dict[str, np.ndarray]  # what a stage takes and returns: an Arrow table or numpy columns
+
+
+def run_in_process(stages: Sequence[Stage], items: list[dict[str, Any]]) -> Iterator[Batch]:
     """The same stages in this process, for jobs too small to pay for starting a cluster: each stage's callable is
     built once (as on one actor) and called on batches of its batch size; rows stream through the stages as they
-    do on Ray. The stages must return Arrow tables, or iterators of them (as the scoring job's stages do)."""
-    tables: Iterable[pa.Table] = [pa.Table.from_pylist(items)]
+    do on Ray. A stage returns a batch (an Arrow table or a dict of numpy columns), or an iterator of them."""
+    batches: Iterable[Batch] = [pa.Table.from_pylist(items)]
     for stage in stages:
         call = stage.fn(**stage.kwargs) if stage.is_actor else functools.partial(stage.fn, **stage.kwargs)
-        tables = _batches_through(call, tables, stage.batch_size, stage.batch_format)
+        batches = _batches_through(call, batches, stage.batch_size, stage.batch_format)
     try:
-        yield from tables
+        yield from batches
     finally:
         gc.unfreeze()  # actors freeze what they load for their lifetime (`stages`); this process lives on
 
 
 def _batches_through(
-    call: Callable[..., Any], tables: Iterable[pa.Table], batch_size: int | None, batch_format: str
-) -> Iterator[pa.Table]:
-    for batch in _rebatched(tables, batch_size):
-        if batch_format == "numpy":
+    call: Callable[..., Any], batches: Iterable[Batch], batch_size: int | None, batch_format: str
+) -> Iterator[Batch]:
+    for batch in _rebatched(batches, batch_size):
+        if batch_format == "numpy" and isinstance(batch, pa.Table):
             batch = {name: batch[name].to_numpy(zero_copy_only=False) for name in batch.column_names}
         result = call(batch)
-        yield from [result] if isinstance(result, pa.Table) else result
+        yield from [result] if isinstance(result, (pa.Table, dict)) else result
 
 
-def _rebatched(tables: Iterable[pa.Table], size: int | None) -> Iterator[pa.Table]:
-    """Batches of `size` rows (the last one may be smaller) from a stream of tables, as Ray Data bundles blocks
-    for a stage; None: each table as it comes."""
-    pending: list[pa.Table] = []
+def _rebatched(batches: Iterable[Batch], size: int | None) -> Iterator[Batch]:
+    """Batches of `size` rows (the last one may be smaller) from a stream of batches, as Ray Data bundles blocks
+    for a stage; None: each batch as it comes."""
+    pending: list[Batch] = []
     rows = 0
-    for table in tables:
+    for batch in batches:
         if size is None:
-            yield table
+            yield batch
             continue
-        pending.append(table)
-        rows += table.num_rows
+        pending.append(batch)
+        rows += _num_rows(batch)
         while rows >= size:
-            merged = pa.concat_tables(pending)
-            yield merged.slice(0, size)
-            pending, rows = [merged.slice(size)], rows - size
+            merged = _concat(pending)
+            yield _slice(merged, 0, size)
+            pending, rows = [_slice(merged, size, rows - size)], rows - size
     if rows:
-        yield pa.concat_tables(pending)
+        yield _concat(pending)
+
+
+def _num_rows(batch: Batch) -> int:
+    return batch.num_rows if isinstance(batch, pa.Table) else len(next(iter(batch.values())))
+
+
+def _slice(batch: Batch, start: int, length: int) -> Batch:
+    if isinstance(batch, pa.Table):
+        return batch.slice(start, length)
+    return {name: values[start : start + length] for name, values in batch.items()}
+
+
+def _concat(batches: list[Batch]) -> Batch:
+    if isinstance(batches[0], pa.Table):
+        return pa.concat_tables(batches)
+    return {name: np.concatenate([batch[name] for batch in batches]) for name in batches[0]}

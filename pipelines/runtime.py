@@ -8,8 +8,13 @@ set) travel in the runtime environment of a local cluster, so Ray workers and Ra
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
+import re
+import select
+import sys
+import threading
 
 import ray
 
@@ -62,6 +67,52 @@ def set_ray_verbose(verbose: bool) -> None:
     session's log files (/tmp/ray/session_*/logs) hold everything either way."""
     global _ray_verbose
     _ray_verbose = verbose
+
+
+RAY_FALSE_ALARM = re.compile(
+    rb"core_worker\.cc:\d+: Actor with class name: .* has constructor arguments in the object store and max_restarts"
+)
+"""An error-level line Ray's core prints in the driver for every Ray Data actor pool (ray-project/ray#53727): Ray
+Data passes each pool its transformer by reference and lets actors restart. It holds that reference until the
+dataset ends, so restarts work (tests/test_pipeline_faults.py kills a scoring actor); the line is a false alarm."""
+
+
+def drop_stderr_lines(pattern: re.Pattern[bytes]) -> None:
+    """From now on, lines of this process's stderr that match `pattern` are dropped; everything else passes.
+
+    It works on file descriptor 2, so that it also sees what native libraries (Ray's C++ core) write there; a
+    thread forwards the rest as it arrives (a line without its end, such as a progress bar's, after 50 ms).
+    For a command's process only (`jobs.common.main`): a test harness capturing stderr itself must not get it.
+    """
+    read_end, write_end = os.pipe()
+    original = os.dup(2)
+    os.dup2(write_end, 2)
+    os.close(write_end)
+
+    def forward() -> None:
+        pending = b""
+        while True:
+            arrived = select.select([read_end], [], [], 0.05)[0]
+            chunk = os.read(read_end, 1 << 16) if arrived else b""
+            if arrived and not chunk:
+                break
+            pending += chunk
+            lines = re.split(rb"(?<=[\n\r])", pending)
+            pending = lines.pop() if arrived else b""  # quiet for 50 ms: what is there goes out too
+            for line in lines:
+                if not pattern.search(line):
+                    os.write(original, line)
+        os.write(original, pending)
+
+    forwarder = threading.Thread(target=forward, name="stderr-filter", daemon=True)
+    forwarder.start()
+
+    def restore() -> None:
+        sys.stderr.flush()
+        os.dup2(original, 2)  # the pipe's last writer here closes: the thread forwards what is left and ends
+        forwarder.join(timeout=2)
+
+    atexit.register(restore)
 
 
 def ray_log_level() -> int:

@@ -4,7 +4,6 @@ images, in this process -> Parquet per shard."""
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import os
 import posixpath
@@ -19,7 +18,7 @@ import pyarrow as pa
 import ray
 
 from pipelines.config import ScoreConfig
-from pipelines.layout import READ_TASK_CPUS, Layout, plan_layout
+from pipelines.layout import READ_TASK_CPUS, Layout, plan_layout, sized_for
 from pipelines.plan import Stage, run_in_process, run_stages
 from pipelines.readers import read_shards, read_units
 from pipelines.resume import JOB_RECORD, JobRecord, continue_job
@@ -27,7 +26,14 @@ from pipelines.runtime import ensure_ray
 from pipelines.shards import Shard, list_shards
 from pipelines.stages import IMAGE_COLUMNS, INPUT_COLUMNS, OUTPUT_COLUMNS, Prepare, PrepareAndScore, Score
 from pipelines.storage import Storage
-from pipelines.writer import ShardLedger, clear_parts, commit_shard, shard_output_uri, write_parts
+from pipelines.writer import (
+    COMMITS_AT_ONCE,
+    PartWriter,
+    ShardCommitter,
+    ShardLedger,
+    clear_parts,
+    shard_output_uri,
+)
 from piqa_model import ConfigError, ModelConfig, PiqaError
 from piqa_model.bundle import default_bundle_path, inspect_bundle, warn_if_untrained
 from piqa_model.calibration import describe_scale
@@ -82,7 +88,8 @@ def run_scoring(config: ScoreConfig) -> RunSummary:
     storage = Storage.from_environment(config.s3_endpoint)
     shards = list_shards(config.input, storage, config.shard_size)
     storage.check_writable(config.output)
-    bundle_config, info, model = inspect_bundle(_bundle_uri(config))
+    config = dataclasses.replace(config, bundle=_bundle_uri(config))  # once: what the driver checks, actors load
+    bundle_config, info, model = inspect_bundle(config.bundle)
     warn_if_untrained(info)
     model_config = bundle_config.with_crop_mode(config.crop_mode)
     if config.overwrite:
@@ -122,10 +129,13 @@ def _score_and_commit(
 ) -> list[dict[str, int]]:
     """Run the job's stages over `shards`, committing each shard once all its rows are written (by a Ray task, or
     here for a job run in this process); the status counts of each committed shard."""
-    where = dict(output=config.output, storage=storage, with_liqe=model.aux == "liqe")
-    commit = functools.partial(commit_shard, **where)
-    if not in_process:
-        commit = functools.partial(ray.remote(num_cpus=0)(commit_shard).remote, **where)
+    where = _write_options(config, storage, model)
+    if in_process:
+        commit = ShardCommitter(**where).commit
+    else:
+        ensure_ray()
+        actor = ray.remote(num_cpus=0, max_concurrency=COMMITS_AT_ONCE, max_restarts=-1, max_task_retries=-1)
+        commit = actor(ShardCommitter).remote(**where).commit.remote
     ledger = ShardLedger(commit)
     for receipts in _written_parts(shards, config, storage, model, bundle_id, in_process):
         ledger.add(receipts)
@@ -152,11 +162,12 @@ def _written_parts(
     else:
         ensure_ray()
         layout = _cluster_layout(config)
+    images = sum(len(shard.files) for shard in shards) if all(shard.files for shard in shards) else None
+    layout = sized_for(layout, images)
     units = read_units(shards, layout.block_rows)
     stages = [
         _read_stage(config, storage, layout),
-        *model_stages(config, layout, model, bundle_id, len(units)),
-        _write_stage(config, storage, layout, model),
+        *model_stages(config, layout, model, bundle_id, len(units), write=_write_options(config, storage, model)),
     ]
     if in_process:
         return run_in_process(stages, units)
@@ -191,7 +202,8 @@ def score_dataset(
     """
     config = ScoreConfig(input=DATASET, output=DATASET, bundle=bundle, image_column=image_column, **settings)
     ensure_ray()
-    bundle_config, _, bundle_id = inspect_bundle(_bundle_uri(config))
+    config = dataclasses.replace(config, bundle=_bundle_uri(config))
+    bundle_config, _, bundle_id = inspect_bundle(config.bundle)
     model_config = bundle_config.with_crop_mode(config.crop_mode)
     taken = set(IMAGE_COLUMNS) | set(INPUT_COLUMNS) | set(OUTPUT_COLUMNS)
     clashes = sorted(taken & (set(ds.schema().names) - {image_column}))
@@ -207,13 +219,20 @@ def score_dataset(
 
 
 def model_stages(
-    config: ScoreConfig, layout: Layout, model: ModelConfig, bundle_id: str, most_actors: int | None = None
+    config: ScoreConfig,
+    layout: Layout,
+    model: ModelConfig,
+    bundle_id: str,
+    most_actors: int | None = None,
+    write: dict[str, Any] | None = None,
 ) -> list[Stage]:
     """Decode, detect, crop and score, as `layout` spreads them: one fused stage without GPUs (crops never
     cross the object store), CPU prepare actors feeding GPU scoring actors otherwise. No pool starts with more
     than `most_actors` actors (a few images should not pay for actors that would sit idle); it may grow to its
     max when a tar or parquet unit turns out to hold many blocks. Scoring actors load the config's bundle on
-    their own node and refuse it unless it is still `bundle_id` (what `inspect_bundle` found)."""
+    their own node and refuse it unless it is still `bundle_id` (what `inspect_bundle` found). With `write`
+    (`PartWriter`'s arguments) the rows are written as parts and the stages return receipts: by the fused actors
+    themselves, or by a pool of writers after the GPU ones (a GPU should not wait on storage)."""
     prepare_args = dict(
         config=model,
         detect_size=config.detect_size,
@@ -223,7 +242,7 @@ def model_stages(
     )
     score, prepare = layout.score, layout.prepare
     score_args = dict(
-        bundle=_bundle_uri(config),
+        bundle=config.bundle,
         bundle_id=bundle_id,
         precision=config.precision,
         threads=score.threads,
@@ -235,10 +254,16 @@ def model_stages(
         return (low if most_actors is None else min(low, most_actors)), high
 
     if prepare is None:
-        fused = dict(prepare=prepare_args | dict(threads=score.threads), score=score_args)
+        fused = dict(
+            prepare=prepare_args | dict(threads=score.threads),
+            score=score_args,
+            batch_size=layout.batch_size,
+            write=write,
+        )
         return [
-            Stage("prepare-and-score", PrepareAndScore, fused, layout.batch_size, score.cpus, pool=pool(score.size))
+            Stage("prepare-and-score", PrepareAndScore, fused, layout.block_rows, score.cpus, pool=pool(score.size))
         ]
+    writers = [] if write is None else [_write_stage(write, layout)]
     return [
         Stage(
             "prepare",
@@ -249,6 +274,7 @@ def model_stages(
             pool=pool(prepare.size),
         ),
         Stage("score", Score, score_args, layout.batch_size, score.cpus, score.gpus, pool(score.size)),
+        *writers,
     ]
 
 
@@ -264,10 +290,15 @@ def _read_stage(config: ScoreConfig, storage: Storage, layout: Layout) -> Stage:
     return Stage("read", read_shards, dict(storage=storage, **options), batch_size=1, cpus=READ_TASK_CPUS)
 
 
-def _write_stage(config: ScoreConfig, storage: Storage, layout: Layout, model: ModelConfig) -> Stage:
-    """Parts of a block's rows; no CPU reserved: it waits on storage, and must never wait for a core."""
-    options = dict(output=config.output, storage=storage, with_liqe=model.aux == "liqe")
-    return Stage("write", write_parts, options, layout.block_rows, cpus=0, batch_format="pyarrow")
+def _write_options(config: ScoreConfig, storage: Storage, model: ModelConfig) -> dict[str, Any]:
+    return dict(output=config.output, storage=storage, with_liqe=model.aux == "liqe")
+
+
+def _write_stage(write: dict[str, Any], layout: Layout) -> Stage:
+    """Parts of each block's rows, by a pool growing up to one writer per scoring actor; no CPU reserved: a writer
+    waits on storage, and must never wait for a core."""
+    pool = (1, layout.score.size[1])
+    return Stage("write", PartWriter, write, layout.block_rows, cpus=0, pool=pool, batch_format="pyarrow")
 
 
 def _cluster_layout(config: ScoreConfig) -> Layout:

@@ -19,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from pipelines.writer import PartWriter
 from piqa_model import ModelConfig, PreparedImage, predict
 from piqa_model.bundle import local_bundle, read_bundle
 from piqa_model.errors import ImageReadError
@@ -165,11 +166,23 @@ class Score:
 
 
 class PrepareAndScore:
-    """Actor for clusters without GPUs: both steps in one process, so crops never cross the object store."""
+    """Actor for clusters without GPUs: every step in one process, so neither the views nor the scored rows cross
+    the object store. It takes a block and runs the model on `batch_size` images at a time; with `write`
+    (`PartWriter`'s arguments) it writes the block's rows itself and returns the receipts."""
 
-    def __init__(self, prepare: dict[str, Any], score: dict[str, Any]) -> None:
+    def __init__(
+        self, prepare: dict[str, Any], score: dict[str, Any], batch_size: int, write: dict[str, Any] | None = None
+    ) -> None:
         self.prepare = Prepare(**prepare)
         self.score = Score(**score, device="cpu")
+        self.batch_size = batch_size
+        self.write = None if write is None else PartWriter(**write)
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
-        return self.score(self.prepare(batch))
+    def __call__(self, block: dict[str, np.ndarray]) -> pa.Table:
+        rows = len(next(iter(block.values())))
+        batches = (
+            {name: values[start : start + self.batch_size] for name, values in block.items()}
+            for start in range(0, rows, self.batch_size)
+        )
+        scored = pa.concat_tables([self.score(self.prepare(batch)) for batch in batches])
+        return scored if self.write is None else self.write(scored)

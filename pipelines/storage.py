@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import posixpath
+import shutil
 import uuid
 from dataclasses import dataclass
 
@@ -75,6 +76,23 @@ class Storage:
             os.replace(temporary, path)
         else:
             fs.pipe_file(path, data)
+
+    def remove(self, uris: list[str], recursive: bool = False) -> None:
+        """Delete `uris` (folders with all they hold, with `recursive`); one request on object stores. Local paths
+        are removed directly: fsspec's local `rm` looks up the working directory, which a Ray worker's can lose
+        (a runtime environment's folder is removed once no worker of its node uses it)."""
+        if not uris:
+            return
+        fs, _ = self.filesystem(uris[0])
+        paths = [self.filesystem(uri)[1] for uri in uris]
+        if not _is_local(fs):
+            fs.rm(paths, recursive=recursive)
+            return
+        for path in paths:
+            if os.path.isdir(path) and recursive:
+                shutil.rmtree(path, ignore_errors=True)
+            elif os.path.lexists(path):
+                os.remove(path)
 
     def check_writable(self, uri: str) -> None:
         """Fail fast, before any work, when `uri` (a directory or prefix) cannot be written."""

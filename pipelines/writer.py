@@ -1,9 +1,9 @@
 """Per-shard output, written by the workers: parts as rows stream in, one Parquet per shard when it is complete.
 
-The pipeline's last stage (`write_parts`, a Ray Data task) writes the scored rows of each batch as one part file
+The pipeline's last stage (`PartWriter`, a Ray Data actor pool) writes the scored rows of each batch as one part file
 per shard under `OUT/_parts/<shard>/` and returns a small receipt per part: which rows of which shard it holds.
 The driver's `ShardLedger` only adds up receipts (per part, never per row); when a shard's rows are all covered
-it starts `commit_shard` (a Ray task, or a call in this process), which joins the parts, keeps one row per
+it asks a `ShardCommitter` (a Ray actor, or one in this process) to commit it: that joins the parts, keeps one row per
 position in the shard (a retried batch rewrites its part, or writes an overlapping one: neither doubles a
 row), writes `OUT/<shard>.parquet` once, whole and atomically (`Storage.write_atomic`), and removes the parts.
 A reader never sees a partial shard; a rerun treats an existing shard file as done and starts its parts over.
@@ -60,51 +60,78 @@ def output_schema(with_liqe: bool) -> pa.Schema:
 
 def clear_parts(output: str, storage: Storage) -> None:
     """Remove every part: a run starts uncommitted shards over (parts of a killed run may hold other settings)."""
-    fs, root = storage.filesystem(posixpath.join(output.rstrip("/"), PARTS))
+    parts = posixpath.join(output.rstrip("/"), PARTS)
+    fs, root = storage.filesystem(parts)
     if fs.exists(root):
-        fs.rm(root, recursive=True)
+        storage.remove([parts], recursive=True)
 
 
-def write_parts(batch: pa.Table, *, output: str, storage: Storage, with_liqe: bool) -> pa.Table:
-    """Ray Data task: the scored rows of `batch` written as one part per shard; one receipt per part."""
-    now = pa.array([datetime.now(UTC)] * batch.num_rows, OUTPUT_SCHEMA.field("scored_at").type)
-    rows = batch.append_column("scored_at", now)
-    columns = ["index", *output_schema(with_liqe).names]
-    receipts = []
-    shards = rows["shard"].to_numpy(zero_copy_only=False)
-    for shard in dict.fromkeys(shards):
-        part = rows.filter(pa.array(shards == shard)).select(columns).sort_by("index")
-        indices = part["index"].to_numpy()
-        starts, stops = _runs(indices)
-        name = hashlib.sha256(indices.tobytes()).hexdigest()[:16]  # the same rows: the same part, rewritten
-        uri = posixpath.join(output.rstrip("/"), PARTS, shard, f"{indices[0]:09d}-{name}.parquet")
-        storage.write_atomic(uri, _parquet_bytes(part))
-        total = int(rows.filter(pa.array(shards == shard))["shard_total"][0].as_py())
-        receipts.append(dict(shard=shard, shard_total=total, part=uri, starts=starts, stops=stops))
-    return pa.Table.from_pylist(receipts, schema=RECEIPT_SCHEMA)
+class PartWriter:
+    """Actor: the scored rows of each batch written as one part per shard; one receipt per part.
+
+    An actor pool, not tasks: a task holds no CPU while it waits on storage, and tasks that ask for none make Ray
+    start a worker process for each one in flight."""
+
+    def __init__(self, output: str, storage: Storage, with_liqe: bool) -> None:
+        self.output, self.storage, self.columns = output, storage, ["index", *output_schema(with_liqe).names]
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        now = pa.array([datetime.now(UTC)] * batch.num_rows, OUTPUT_SCHEMA.field("scored_at").type)
+        rows = batch.append_column("scored_at", now)
+        receipts = []
+        shards = rows["shard"].to_numpy(zero_copy_only=False)
+        for shard in dict.fromkeys(shards):
+            of_shard = rows.filter(pa.array(shards == shard))
+            part = of_shard.select(self.columns).sort_by("index")
+            indices = part["index"].to_numpy()
+            starts, stops = _runs(indices)
+            name = hashlib.sha256(indices.tobytes()).hexdigest()[:16]  # the same rows: the same part, rewritten
+            uri = posixpath.join(self.output.rstrip("/"), PARTS, shard, f"{indices[0]:09d}-{name}.parquet")
+            self.storage.write_atomic(uri, _parquet_bytes(part))
+            total = int(of_shard["shard_total"][0].as_py())
+            receipts.append(dict(shard=shard, shard_total=total, part=uri, starts=starts, stops=stops))
+        return pa.Table.from_pylist(receipts, schema=RECEIPT_SCHEMA)
 
 
-def commit_shard(shard: str, parts: list[str], *, output: str, storage: Storage, with_liqe: bool) -> dict[str, int]:
-    """Join a complete shard's parts into its file, atomically; its rows' status counts."""
-    uri = shard_output_uri(output, shard)
-    fs, _ = storage.filesystem(uri)
-    table = pa.concat_tables([pq.read_table(io.BytesIO(storage.read_bytes(part))) for part in parts])
-    table = table.sort_by("index")
-    indices = table["index"].to_numpy()
-    first = np.ones(len(indices), dtype=bool)
-    first[1:] = indices[1:] != indices[:-1]  # one row per position: overlapping parts of a retried batch
-    table = table.filter(pa.array(first)).drop_columns(["index"]).cast(output_schema(with_liqe))
-    storage.write_atomic(uri, _parquet_bytes(table))
-    fs.rm([storage.filesystem(part)[1] for part in parts])  # one request on object stores
-    counts = pc.value_counts(table["status"]).to_pylist()
-    return {item["values"]: item["counts"] for item in counts}
+class ShardCommitter:
+    """Joins a complete shard's parts into its file, atomically (`commit`). The job runs one as a threaded Ray actor
+    that commits several shards at once (`COMMITS_AT_ONCE`; it waits on storage), or calls it here in-process."""
+
+    def __init__(self, output: str, storage: Storage, with_liqe: bool) -> None:
+        self.output, self.storage, self.schema = output, storage, output_schema(with_liqe)
+
+    def commit(self, shard: str, parts: list[str]) -> dict[str, int]:
+        """Write `shard`'s file from its `parts` and remove them; its rows' status counts."""
+        uri = shard_output_uri(self.output, shard)
+        fs, path = self.storage.filesystem(uri)
+        try:
+            table = pa.concat_tables([pq.read_table(io.BytesIO(self.storage.read_bytes(part))) for part in parts])
+        except FileNotFoundError:
+            if not fs.exists(path):
+                raise
+            return _status_counts(pq.read_table(io.BytesIO(self.storage.read_bytes(uri))))  # a retried commit
+        table = table.sort_by("index")
+        indices = table["index"].to_numpy()
+        first = np.ones(len(indices), dtype=bool)
+        first[1:] = indices[1:] != indices[:-1]  # one row per position: overlapping parts of a retried batch
+        table = table.filter(pa.array(first)).drop_columns(["index"]).cast(self.schema)
+        self.storage.write_atomic(uri, _parquet_bytes(table))
+        self.storage.remove(parts)
+        return _status_counts(table)
+
+
+COMMITS_AT_ONCE = 16
+
+
+def _status_counts(table: pa.Table) -> dict[str, int]:
+    return {item["values"]: item["counts"] for item in pc.value_counts(table["status"]).to_pylist()}
 
 
 @dataclass
 class ShardLedger:
     """The driver's side: receipts in, a commit started for each shard whose rows are all written.
 
-    `commit(shard, parts)` commits one shard: `commit_shard` here, or a Ray task running it; what it returns (the
+    `commit(shard, parts)` commits one shard: `ShardCommitter.commit` here, or its actor's; what it returns (the
     shard's counts, or a reference to them) is kept in `commits`.
     """
 

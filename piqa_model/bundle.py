@@ -41,7 +41,7 @@ from piqa_model.registry import download_registered_bundle, is_registry_uri
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 CARD_FILE = "MODEL_CARD.md"
-SHIPPED_BUNDLE = Path(__file__).parent / "assets" / "starter"
+SHIPPED_BUNDLE = Path(__file__).resolve().parent / "assets" / "starter"  # absolute: a job may chdir
 MAX_HEADER_BYTES = 100_000_000  # the safetensors format's own limit on its JSON header
 
 

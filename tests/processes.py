@@ -53,3 +53,6 @@ def settled(observe: Callable[[], Any], quiet: float = 3.0, timeout: float = 60.
 
 RAY_INFO_LINE = re.compile(r"^\S.*\tINFO \S+\.py:\d+ -- |Running Dataset|Started a local Ray instance", re.MULTILINE)
 """A line of Ray's own INFO logs ("2026-01-01 00:00:00,000\tINFO worker.py:2038 -- Started a local Ray instance.")."""
+
+RAY_ERROR_LINE = re.compile(r"^\[[\d-]+ [\d:,]+ E \d+ \d+\] ", re.MULTILINE)
+"""An error-level line of Ray's C++ core ("[2026-12-02 04:18:54,842 E 9153 9153] core_worker.cc:2465: ...")."""

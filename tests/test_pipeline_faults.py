@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 from corpus import portraits
 from pipeline_helpers import assert_rows_match, read_scores, score
-from processes import RAY_INFO_LINE, kill_driver_when, settled, wait_for
+from processes import RAY_ERROR_LINE, RAY_INFO_LINE, kill_driver_when, settled, wait_for
 
 import piqa_model
 
@@ -29,24 +29,25 @@ def image_folder(shared_dir: Path, root: Path, count: int) -> dict[str, str]:
 
 
 def test_driver_killed_mid_run_then_rerun_completes(shared_dir, tmp_path, repo_root):
-    expected = image_folder(shared_dir, tmp_path / "in", count=24)
+    expected = image_folder(shared_dir, tmp_path / "in", count=48)
     out = tmp_path / "out"
-    args = [str(tmp_path / "in"), "--out", str(out), "--shard-size", "2", "--batch-size", "2", "--crop-mode", "center"]
+    args = [str(tmp_path / "in"), "--out", str(out), "--shard-size", "4", "--batch-size", "2", "--crop-mode", "center"]
     env = dict(os.environ, RAY_ADDRESS="local")
     command = [sys.executable, "-m", "jobs.score", *args]
     kill_driver_when(command, repo_root, env, lambda: len(list(out.glob("*.parquet"))) >= 2, 240, "two shards")
 
-    # A commit task already running when the driver died may still land (whole) while the workers stop.
+    # Commits the driver asked for before it died may still land (whole) while the workers stop.
     committed = settled(lambda: sorted(out.glob("*.parquet")))
     assert 2 <= len(committed) < 12, "the kill should land mid-run"
     for path in committed:  # committed files are whole: every row of their shard
-        assert pq.read_table(path).num_rows == 2
+        assert pq.read_table(path).num_rows == 4
     assert not (out / "_manifest.json").exists()
 
     finished = subprocess.run(command, cwd=repo_root, env=env, capture_output=True, text=True, timeout=600)
     assert finished.returncode == 0, finished.stderr[-2000:]
     assert f"{12 - len(committed)} shards written, {len(committed)} already done" in finished.stdout
     assert not RAY_INFO_LINE.search(finished.stdout + finished.stderr), finished.stderr[-2000:]  # no --verbose
+    assert not RAY_ERROR_LINE.search(finished.stderr), finished.stderr[-2000:]  # a normal run: no error from Ray
     assert_rows_match(read_scores(out), expected)
 
 

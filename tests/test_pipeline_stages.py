@@ -14,13 +14,19 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from corpus import Corpus, folder_corpus
 
+from pipelines.config import ScoreConfig
+from pipelines.layout import plan_layout
+from pipelines.plan import run_in_process
 from pipelines.readers import read_shards, read_units
+from pipelines.score import model_stages
 from pipelines.shards import list_shards
 from pipelines.stages import Prepare, PrepareAndScore, Score
 from pipelines.storage import Storage
+from pipelines.writer import ShardCommitter, ShardLedger
 from piqa_model import load_bundle, preset
 from piqa_model.bundle import UntrainedModelWarning, default_bundle_path, inspect_bundle
 
@@ -64,7 +70,7 @@ def assert_same_rows(a_rows: pa.Table, b_rows: pa.Table, stages: Stages) -> None
 
 def test_prepare_then_score_equals_the_fused_actor(stages):
     split = Score(**stages.score_args, device="cpu")(stages.prepared)
-    fused = PrepareAndScore(prepare=stages.prepare_args, score=stages.score_args)(stages.batch)
+    fused = PrepareAndScore(prepare=stages.prepare_args, score=stages.score_args, batch_size=1)(stages.batch)
     assert_same_rows(split, fused, stages)
 
 
@@ -79,6 +85,26 @@ def test_prepare_then_score_gives_the_scorers_scores(stages):
     for row, want in zip(rows, expected, strict=True):
         if row["status"] == "ok":
             assert np.isclose(row["score"], want["score"], atol=1e-5) and row["face_box"] == want["face_box"]
+
+
+def test_the_gpu_layouts_stage_list_writes_and_commits_the_fused_actors_rows(stages, tmp_path):
+    """The GPU job's stages (prepare actors, scoring actors, a pool of part writers), run here, commit the rows
+    that the fused CPU actor scores."""
+    config = ScoreConfig(input="unused", output=str(tmp_path), crop_mode="five")
+    layout = plan_layout(config, total_cpus=4, total_gpus=1, node_cpus=4)
+    assert layout.prepare is not None, "a GPU layout: prepare and score apart"
+    write = dict(output=str(tmp_path), storage=Storage(), with_liqe=False)
+    model = stages.prepare_args["config"]
+    gpu_stages = model_stages(config, layout, model, stages.score_args["bundle_id"], write=write)
+    assert [stage.name for stage in gpu_stages] == ["prepare", "score", "write"]
+    items = pa.Table.from_pydict({name: list(values) for name, values in stages.batch.items()}).to_pylist()
+    ledger = ShardLedger(ShardCommitter(**write).commit)
+    for receipts in run_in_process(gpu_stages, items):
+        ledger.add(receipts)
+    assert ledger.pending == [] and len(ledger.commits) == 1
+    committed = pq.read_table(next(tmp_path.glob("*.parquet")))
+    fused = PrepareAndScore(prepare=stages.prepare_args, score=stages.score_args, batch_size=1)(stages.batch)
+    assert_same_rows(committed, fused, stages)
 
 
 SAMPLES = Path(__file__).parents[1] / "samples" / "portraits"

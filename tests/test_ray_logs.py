@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 
 import pytest
 from processes import RAY_INFO_LINE
@@ -29,3 +31,23 @@ def test_ray_info_logs_only_with_verbose(repo_root, tmp_path, capfd, caplog):
     assert not RAY_INFO_LINE.search(quiet.out + quiet.err), quiet.err[-2000:]
     assert quiet.out.startswith("scored 2 images (2 ok, 0 errors)")
     assert "INFO" not in caplog.text[len(loud_logs) :], caplog.text[-2000:]
+
+
+def test_a_command_drops_rays_false_alarm_and_passes_everything_else(repo_root):
+    alarm = (
+        "[2026-12-02 04:18:54,842 E 9153 9153] core_worker.cc:2465: Actor with class name: 'MapWorker(MapBatches(X))'"
+        " and ID: '935c' has constructor arguments in the object store and max_restarts > 0. If the arguments ..."
+    )
+    script = f"""
+import os, sys, time
+from pipelines.runtime import RAY_FALSE_ALARM, drop_stderr_lines
+drop_stderr_lines(RAY_FALSE_ALARM)
+os.write(2, b"native line\\n" + {alarm!r}.encode() + b"\\nprogress 1%\\r")
+time.sleep(0.3)
+print("progress 2%", end="", file=sys.stderr, flush=True)
+time.sleep(0.3)
+print("\\nlast words", file=sys.stderr)
+"""
+    done = subprocess.run([sys.executable, "-c", script], cwd=repo_root, capture_output=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == b"native line\nprogress 1%\rprogress 2%\nlast words\n"

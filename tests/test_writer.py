@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipelines.storage import Storage
-from pipelines.writer import PARTS, ShardLedger, clear_parts, commit_shard, output_schema, write_parts
+from pipelines.writer import PARTS, PartWriter, ShardCommitter, ShardLedger, clear_parts, output_schema
 
 
 def scored(shard: str, indices: list[int], total: int) -> pa.Table:
@@ -31,15 +30,16 @@ def scored(shard: str, indices: list[int], total: int) -> pa.Table:
 def test_a_shard_commits_once_its_rows_are_all_written_even_from_overlapping_retried_parts(tmp_path: Path):
     storage, output = Storage(), str(tmp_path / "out")
     where = dict(output=output, storage=storage, with_liqe=False)
-    ledger = ShardLedger(functools.partial(commit_shard, **where))
+    ledger = ShardLedger(ShardCommitter(**where).commit)
+    write_parts = PartWriter(**where)
 
     # A batch holding two shards' rows; then a retried batch whose rows overlap a written part.
-    ledger.add(write_parts(pa.concat_tables([scored("a", [0, 1], 5), scored("b", [0, 1, 2], 3)]), **where))
+    ledger.add(write_parts(pa.concat_tables([scored("a", [0, 1], 5), scored("b", [0, 1, 2], 3)])))
     assert ledger.pending == ["a"] and len(ledger.commits) == 1
     assert pq.read_table(tmp_path / "out" / "b.parquet")["key"].to_pylist() == ["b/0", "b/1", "b/2"]
-    ledger.add(write_parts(scored("a", [1, 2, 4], 5), **where))
+    ledger.add(write_parts(scored("a", [1, 2, 4], 5)))
     assert not (tmp_path / "out" / "a.parquet").exists(), "position 3 is still missing"
-    ledger.add(write_parts(scored("a", [3], 5), **where))
+    ledger.add(write_parts(scored("a", [3], 5)))
 
     assert ledger.pending == []
     assert ledger.commits == [{"ok": 3}, {"ok": 5}]
@@ -52,7 +52,8 @@ def test_a_shard_commits_once_its_rows_are_all_written_even_from_overlapping_ret
 
 
 def test_receipts_describe_runs_of_positions(tmp_path: Path):
-    receipts = write_parts(scored("a", [7, 2, 3, 9, 8], 10), output=str(tmp_path), storage=Storage(), with_liqe=False)
+    write_parts = PartWriter(output=str(tmp_path), storage=Storage(), with_liqe=False)
+    receipts = write_parts(scored("a", [7, 2, 3, 9, 8], 10))
     (receipt,) = receipts.to_pylist()
     assert (receipt["starts"], receipt["stops"]) == ([2, 7], [4, 10])
     assert pq.read_table(receipt["part"])["index"].to_pylist() == [2, 3, 7, 8, 9]
