@@ -1,21 +1,25 @@
 """Scale: what one scoring job's driver spends per image, and what crosses Ray's object store per image.
 
-    .venv/bin/python bench/scale.py                      # ~10 min on 2 cores
-    .venv/bin/python bench/scale.py --images 400,1200    # the two job sizes (the slope between them counts)
+    .venv/bin/python bench/scale.py          # ~10 min on 2 cores
+    .venv/bin/python bench/scale.py --portraits 400,1200 --rows 2000,8000 --baseline 486a24e
 
-**Driver CPU.** `python -m jobs.score` (Ray runner, local Ray, the Makefile's network hygiene) over folders of
-small portraits (the Congress headshots, 225x275, repeated under other names past 879) with a cheap model (an
-untrained `small-224` bundle, centre crop: the workers' speed only sets how long the run lasts). The driver
-process's own CPU (user + system, all its threads, its children left out) is read at its exit; the per-image
-figure is the slope between the two job sizes, so that the driver's fixed costs (imports, starting Ray, planning)
-drop out. The same commands run on a checkout of `--baseline` (a git revision, by default the last one before
-workers committed their own shards), in the same run.
+**Driver CPU.** Whole `python -m jobs.score` commands (Ray runner, local Ray, the Makefile's network hygiene,
+default shard size), each timed to its exit with the driver process's own CPU (user + system, all its threads,
+its children left out), on two workloads of two sizes each: `portraits` (the Congress headshots, 225x275,
+repeated under other names past 879, scored by an untrained `small-224` bundle, centre crop: a user's job on this
+machine) and `rows` (64-byte files that are not images: each is an error row, so rows move as fast as the
+pipeline can move them). The driver's CPU is modelled as `a` x the run's seconds (Ray Data's scheduling loop
+wakes at least ten times a second) + `b` x images + fixed costs (imports, starting Ray, planning); the
+differences between each workload's two sizes give `a` and `b`, and one driver sustains (1 - a) / b images/s.
+The same commands run on a checkout of `--baseline` (a git revision, by default the last one before the workers
+committed their own shards), in the same run.
 
-**Object-store bytes.** The prepare step's output per image (what a GPU cluster ships from the CPU actors to the
-scoring actors), for `small` and `dn-piqa` geometry (five-crop), on the sample portraits: the crop inputs and the
-LIQE patches apart; measured with this checkout's and with the baseline's `Prepare`.
+**Object-store bytes.** The prepare step's output per input image (what a GPU job ships from its CPU actors to
+its scoring actors), for `small` and `dn-piqa` geometry (five-crop), over the sample portraits (one of which is
+not an image): the crop inputs and the LIQE patches apart; measured with this checkout's and with the baseline's
+`Prepare`.
 
-Prints a table and writes bench/out/scale.json.
+Prints tables and writes bench/out/scale.json.
 """
 
 from __future__ import annotations

@@ -90,7 +90,7 @@ def test_prepare_then_score_gives_the_scorers_scores(stages):
 def test_the_gpu_layouts_stage_list_writes_and_commits_the_fused_actors_rows(stages, tmp_path):
     """The GPU job's stages (prepare actors, scoring actors, a pool of part writers), run here, commit the rows
     that the fused CPU actor scores."""
-    config = ScoreConfig(input="unused", output=str(tmp_path), crop_mode="five")
+    config = ScoreConfig(input="unused", output=str(tmp_path), bundle=stages.score_args["bundle"], crop_mode="five")
     layout = plan_layout(config, total_cpus=4, total_gpus=1, node_cpus=4)
     assert layout.prepare is not None, "a GPU layout: prepare and score apart"
     write = dict(output=str(tmp_path), storage=Storage(), with_liqe=False)
