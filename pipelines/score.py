@@ -27,7 +27,7 @@ from pipelines.shards import Shard, list_shards
 from pipelines.stages import IMAGE_COLUMNS, INPUT_COLUMNS, OUTPUT_COLUMNS, Prepare, PrepareAndScore, Score
 from pipelines.storage import Storage
 from pipelines.writer import (
-    COMMITS_AT_ONCE,
+    COMMITTER_ACTOR,
     PartWriter,
     ShardCommitter,
     ShardLedger,
@@ -127,15 +127,14 @@ def _score_and_commit(
     bundle_id: str,
     in_process: bool,
 ) -> list[dict[str, int]]:
-    """Run the job's stages over `shards`, committing each shard once all its rows are written (by a Ray task, or
+    """Run the job's stages over `shards`, committing each shard once all its rows are written (by a Ray actor, or
     here for a job run in this process); the status counts of each committed shard."""
     where = _write_options(config, storage, model)
     if in_process:
         commit = ShardCommitter(**where).commit
     else:
         ensure_ray()
-        actor = ray.remote(num_cpus=0, max_concurrency=COMMITS_AT_ONCE, max_restarts=-1, max_task_retries=-1)
-        commit = actor(ShardCommitter).remote(**where).commit.remote
+        commit = ray.remote(**COMMITTER_ACTOR)(ShardCommitter).remote(**where).commit.remote
     ledger = ShardLedger(commit)
     for receipts in _written_parts(shards, config, storage, model, bundle_id, in_process):
         ledger.add(receipts)

@@ -1,13 +1,13 @@
 """Per-shard output, written by the workers: parts as rows stream in, one Parquet per shard when it is complete.
 
-The pipeline's last stage (`PartWriter`, a Ray Data actor pool) writes the scored rows of each batch as one part file
-per shard under `OUT/_parts/<shard>/` and returns a small receipt per part: which rows of which shard it holds.
-The driver's `ShardLedger` only adds up receipts (per part, never per row); when a shard's rows are all covered
-it asks a `ShardCommitter` (a Ray actor, or one in this process) to commit it: that joins the parts, keeps one row per
-position in the shard (a retried batch rewrites its part, or writes an overlapping one: neither doubles a
-row), writes `OUT/<shard>.parquet` once, whole and atomically (`Storage.write_atomic`), and removes the parts.
-A reader never sees a partial shard; a rerun treats an existing shard file as done and starts its parts over.
-"""
+A `PartWriter` (inside the fused CPU actors, or as a pool after the GPU scoring actors) writes each block's scored
+rows as one part file per shard under `OUT/_parts/<shard>/` and returns a small receipt per part: which rows of
+which shard it holds. The driver's `ShardLedger` only adds up receipts (per part, never per row); when a shard's
+rows are all covered it asks the `ShardCommitter` (a Ray actor, or one in this process) to commit it: that joins
+the parts, keeps one row per position in the shard (a retried batch rewrites its part, or writes an overlapping
+one: neither doubles a row), writes `OUT/<shard>.parquet` once, whole and atomically (`Storage.write_atomic`), and
+removes the parts. A reader never sees a partial shard; a rerun treats an existing shard file as done and starts
+its parts over."""
 
 from __future__ import annotations
 
@@ -67,10 +67,9 @@ def clear_parts(output: str, storage: Storage) -> None:
 
 
 class PartWriter:
-    """Actor: the scored rows of each batch written as one part per shard; one receipt per part.
-
-    An actor pool, not tasks: a task holds no CPU while it waits on storage, and tasks that ask for none make Ray
-    start a worker process for each one in flight."""
+    """The scored rows of each batch written as one part per shard; one receipt per part. A GPU job runs it as an
+    actor pool of its own: tasks that ask for no CPU (a writer waits on storage) make Ray start a worker process for
+    each one in flight."""
 
     def __init__(self, output: str, storage: Storage, with_liqe: bool) -> None:
         self.output, self.storage, self.columns = output, storage, ["index", *output_schema(with_liqe).names]
@@ -93,9 +92,14 @@ class PartWriter:
         return pa.Table.from_pylist(receipts, schema=RECEIPT_SCHEMA)
 
 
+COMMITTER_ACTOR = {"num_cpus": 0, "max_concurrency": 16, "max_restarts": -1, "max_task_retries": -1}
+"""How a job runs its `ShardCommitter` on Ray: threaded (commits wait on storage, 16 at once), restarted and its
+calls retried if it dies (a commit done twice writes the same file)."""
+
+
 class ShardCommitter:
-    """Joins a complete shard's parts into its file, atomically (`commit`). The job runs one as a threaded Ray actor
-    that commits several shards at once (`COMMITS_AT_ONCE`; it waits on storage), or calls it here in-process."""
+    """Joins a complete shard's parts into its file, atomically (`commit`): in a Ray actor (`COMMITTER_ACTOR`), or
+    here for a job run in-process."""
 
     def __init__(self, output: str, storage: Storage, with_liqe: bool) -> None:
         self.output, self.storage, self.schema = output, storage, output_schema(with_liqe)
@@ -118,9 +122,6 @@ class ShardCommitter:
         self.storage.write_atomic(uri, _parquet_bytes(table))
         self.storage.remove(parts)
         return _status_counts(table)
-
-
-COMMITS_AT_ONCE = 16
 
 
 def _status_counts(table: pa.Table) -> dict[str, int]:
