@@ -101,7 +101,10 @@ def run_scoring(config: ScoreConfig) -> RunSummary:
     clear_parts(config.output, storage)
     in_process = _runs_in_process(config, todo)
     driver_cpu = time.process_time()
-    counts = _score_and_commit(todo, config, storage, model_config, model, in_process) if todo else []
+    counts = []
+    if todo:  # the stages start (and Ray with them) when called; the commits follow their receipts
+        receipts = _written_parts(todo, config, storage, model_config, model, in_process)
+        counts = _commit_shards(receipts, _write_options(config, storage, model_config), in_process)
     summary = RunSummary(
         output=config.output,
         model=model,
@@ -119,29 +122,20 @@ def run_scoring(config: ScoreConfig) -> RunSummary:
     return summary
 
 
-def _score_and_commit(
-    shards: list[Shard],
-    config: ScoreConfig,
-    storage: Storage,
-    model: ModelConfig,
-    bundle_id: str,
-    in_process: bool,
-) -> list[dict[str, int]]:
-    """Run the job's stages over `shards`, committing each shard once all its rows are written (by a Ray actor, or
-    here for a job run in this process); the status counts of each committed shard."""
-    where = _write_options(config, storage, model)
+def _commit_shards(receipts: Iterable[pa.Table], write: dict[str, Any], in_process: bool) -> list[dict[str, int]]:
+    """Commit each shard once `receipts` show all its rows written (by a Ray actor, or here for a job run in this
+    process); the status counts of each committed shard."""
     if in_process:
-        commit = ShardCommitter(**where).commit
+        commit = ShardCommitter(**write).commit
     else:
-        ensure_ray()
-        commit = ray.remote(**COMMITTER_ACTOR)(ShardCommitter).remote(**where).commit.remote
+        commit = ray.remote(**COMMITTER_ACTOR)(ShardCommitter).remote(**write).commit.remote
     ledger = ShardLedger(commit)
-    for receipts in _written_parts(shards, config, storage, model, bundle_id, in_process):
-        ledger.add(receipts)
+    for batch in receipts:
+        ledger.add(batch)
     if ledger.pending:
         raise IncompleteRunError(f"shards left incomplete: {ledger.pending[:5]}; rerun to resume")
     counts = ledger.commits if in_process else ray.get(ledger.commits)
-    clear_parts(config.output, storage)  # what committed shards leave behind (empty folders, on a local disk)
+    clear_parts(write["output"], write["storage"])  # what committed shards leave behind (empty folders, on a disk)
     return counts
 
 
