@@ -65,7 +65,8 @@ def assert_same_rows(a_rows: pa.Table, b_rows: pa.Table, stages: Stages) -> None
     for a, b, key in zip(a_rows.to_pylist(), b_rows.to_pylist(), a_rows["key"].to_pylist(), strict=True):
         assert a["status"] == b["status"] == stages.corpus.expected[key]
         if a["status"] == "ok":
-            assert np.isclose(a["score"], b["score"], atol=1e-5) and a["face_box"] == b["face_box"]
+            assert np.isclose(a["score"], b["score"], atol=1e-5)
+            assert a["face_box"] == pytest.approx(b["face_box"], abs=1e-3)  # the detector's batch sizes differ
 
 
 def test_prepare_then_score_equals_the_fused_actor(stages):
@@ -84,7 +85,8 @@ def test_prepare_then_score_gives_the_scorers_scores(stages):
     assert "ok" in {row["status"] for row in rows}
     for row, want in zip(rows, expected, strict=True):
         if row["status"] == "ok":
-            assert np.isclose(row["score"], want["score"], atol=1e-5) and row["face_box"] == want["face_box"]
+            assert np.isclose(row["score"], want["score"], atol=1e-5)
+            assert row["face_box"] == pytest.approx(want["face_box"], abs=1e-3)
 
 
 def test_the_gpu_layouts_stage_list_writes_and_commits_the_fused_actors_rows(stages, tmp_path):
