@@ -63,6 +63,18 @@ def plan_layout(config: ScoreConfig, total_cpus: float, total_gpus: float, node_
     return Layout(batch_size, max(batch_size, BLOCK_ROWS), pool, None)
 
 
+def in_process_layout(config: ScoreConfig, cpus: int) -> Layout:
+    """A job run in this process (`plan.run_in_process`, one thread per stage): prepare and score as two stages that
+    overlap as two actors would, each with half the cores (torch's threads are the process's, shared by both);
+    on one core, one fused stage."""
+    batch_size = config.batch_size or CPU_BATCH
+    block_rows = max(batch_size, BLOCK_ROWS)
+    if cpus < 2:
+        return Layout(batch_size, block_rows, Pool((1, 1), 1.0, 1), None)
+    half = Pool((1, 1), cpus / 2, cpus // 2)
+    return Layout(batch_size, block_rows, half, half)
+
+
 def _gpu_layout(config: ScoreConfig, gpus: float, total_cpus: float, total_gpus: float) -> Layout:
     batch_size = config.batch_size or GPU_BATCH
     cpus = config.cpus_per_actor or 1.0

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import functools
 import gc
+import queue
+import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -62,26 +64,70 @@ Batch = pa.Table | dict[str, np.ndarray]  # what a stage takes and returns: an A
 
 def run_in_process(stages: Sequence[Stage], items: list[dict[str, Any]]) -> Iterator[Batch]:
     """The same stages in this process, for jobs too small to pay for starting a cluster: each stage's callable is
-    built once (as on one actor) and called on batches of its batch size; rows stream through the stages as they
-    do on Ray. A stage returns a batch (an Arrow table or a dict of numpy columns), or an iterator of them."""
-    batches: Iterable[Batch] = [pa.Table.from_pylist(items)]
+    built once (as on one actor) and called on batches of its batch size. Each stage runs in a thread of its own,
+    handing its batches on through a short queue, so that the stages overlap as a pool's actors do on Ray (torch,
+    PIL and Arrow release the interpreter's lock while they compute). A stage returns a batch (an Arrow table or a
+    dict of numpy columns), or an iterator of them."""
+    batches: Iterator[Batch] = iter([pa.Table.from_pylist(items)])
     for stage in stages:
-        call = stage.fn(**stage.kwargs) if stage.is_actor else functools.partial(stage.fn, **stage.kwargs)
-        batches = _batches_through(call, batches, stage.batch_size, stage.batch_format)
+        batches = _in_thread(_batches_through(stage, batches), stage.name)
     try:
         yield from batches
     finally:
         gc.unfreeze()  # actors freeze what they load for their lifetime (`stages`); this process lives on
 
 
-def _batches_through(
-    call: Callable[..., Any], batches: Iterable[Batch], batch_size: int | None, batch_format: str
-) -> Iterator[Batch]:
-    for batch in _rebatched(batches, batch_size):
-        if batch_format == "numpy" and isinstance(batch, pa.Table):
+def _batches_through(stage: Stage, batches: Iterable[Batch]) -> Iterator[Batch]:
+    call = stage.fn(**stage.kwargs) if stage.is_actor else functools.partial(stage.fn, **stage.kwargs)
+    for batch in _rebatched(batches, stage.batch_size):
+        if stage.batch_format == "numpy" and isinstance(batch, pa.Table):
             batch = {name: batch[name].to_numpy(zero_copy_only=False) for name in batch.column_names}
         result = call(batch)
         yield from [result] if isinstance(result, (pa.Table, dict)) else result
+
+
+@dataclass(frozen=True)
+class _Raised:
+    error: BaseException
+
+
+_END = object()
+
+
+def _in_thread(batches: Iterator[Batch], name: str, depth: int = 2) -> Iterator[Batch]:
+    """`batches`, computed in a thread of their own at most `depth` batches ahead of their reader; what the thread
+    raises is raised here. Closing this generator stops the thread at its next batch."""
+    handoff: queue.Queue[Any] = queue.Queue(maxsize=depth)
+    stopped = threading.Event()
+
+    def hand_on(item: Any) -> bool:
+        while not stopped.is_set():
+            try:
+                handoff.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def pump() -> None:
+        try:
+            for batch in batches:
+                if not hand_on(batch):
+                    return
+            hand_on(_END)
+        except BaseException as error:  # handed to the reader, which raises it
+            hand_on(_Raised(error))
+        finally:
+            batches.close()
+
+    threading.Thread(target=pump, name=f"stage-{name}", daemon=True).start()
+    try:
+        while (item := handoff.get()) is not _END:
+            if isinstance(item, _Raised):
+                raise item.error
+            yield item
+    finally:
+        stopped.set()
 
 
 def _rebatched(batches: Iterable[Batch], size: int | None) -> Iterator[Batch]:

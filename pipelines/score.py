@@ -18,7 +18,7 @@ import pyarrow as pa
 import ray
 
 from pipelines.config import ScoreConfig
-from pipelines.layout import READ_TASK_CPUS, Layout, plan_layout, sized_for
+from pipelines.layout import READ_TASK_CPUS, Layout, in_process_layout, plan_layout, sized_for
 from pipelines.plan import Stage, run_in_process, run_stages
 from pipelines.readers import read_shards, read_units
 from pipelines.resume import JOB_RECORD, JobRecord, continue_job
@@ -28,6 +28,7 @@ from pipelines.stages import IMAGE_COLUMNS, INPUT_COLUMNS, OUTPUT_COLUMNS, Prepa
 from pipelines.storage import Storage
 from pipelines.writer import (
     COMMITTER_ACTOR,
+    MANIFEST,
     PartWriter,
     ShardCommitter,
     ShardLedger,
@@ -38,7 +39,6 @@ from piqa_model import ConfigError, ModelConfig, PiqaError
 from piqa_model.bundle import default_bundle_path, inspect_bundle, warn_if_untrained
 from piqa_model.calibration import describe_scale
 
-MANIFEST = "_manifest.json"
 SMALL_JOB_IMAGES = 128  # runner "auto": a folder of at most this many images is scored here (BENCHMARKS.md)
 DATASET = "a ray.data.Dataset"  # what `score_dataset` puts in its config's input and output
 
@@ -149,9 +149,7 @@ def _written_parts(
 ) -> Iterable[pa.Table]:
     """The receipts of the parts that the job's stages (on Ray, or in this process) write for `shards`."""
     if in_process:
-        cpus = float(len(os.sched_getaffinity(0)))  # the cores this process may use (containers limit them)
-        config = dataclasses.replace(config, cpus_per_actor=cpus, gpus_per_actor=0.0)  # one fused stage, all cores
-        layout = plan_layout(config, cpus, 0.0, cpus)
+        layout = in_process_layout(config, len(os.sched_getaffinity(0)))  # the cores this process may use
     else:
         ensure_ray()
         layout = _cluster_layout(config)

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipelines.config import ScoreConfig
-from pipelines.layout import BLOCK_ROWS, CPU_BATCH, GPU_BATCH, READ_TASK_CPUS, plan_layout
+from pipelines.layout import BLOCK_ROWS, CPU_BATCH, GPU_BATCH, READ_TASK_CPUS, in_process_layout, plan_layout
 from pipelines.readers import read_records, read_shards, read_units
 from pipelines.shards import list_shards
 from pipelines.storage import Storage
@@ -62,6 +62,19 @@ def test_fractional_gpus_share_a_device():
 def test_forcing_cpu_scoring_on_a_gpu_cluster():
     layout = plan_layout(config(gpus_per_actor=0), total_cpus=4, total_gpus=1, node_cpus=4)
     assert layout.prepare is None and layout.score.gpus == 0 and layout.score.size == (4, 4)
+
+
+@pytest.mark.parametrize(("cpus", "threads"), [(2, 1), (8, 4), (3, 1)])
+def test_a_job_in_this_process_overlaps_prepare_and_score_sharing_the_cores(cpus, threads):
+    layout = in_process_layout(config(), cpus)
+    assert layout.prepare is not None and layout.prepare.size == layout.score.size == (1, 1)
+    assert layout.prepare.threads == layout.score.threads == threads  # torch's threads are the process's
+    assert layout.batch_size == CPU_BATCH and layout.block_rows == BLOCK_ROWS
+
+
+def test_a_job_in_this_process_on_one_core_is_one_fused_stage():
+    layout = in_process_layout(config(batch_size=4), 1)
+    assert layout.prepare is None and layout.score.threads == 1 and layout.batch_size == 4
 
 
 def test_bad_sizes_are_refused():
