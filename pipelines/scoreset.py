@@ -21,8 +21,8 @@ import pyarrow.parquet as pq
 import ray
 
 from pipelines.runtime import ensure_ray
-from pipelines.score import MANIFEST
 from pipelines.storage import Storage, StorageError
+from pipelines.writer import MANIFEST
 from piqa_model.calibration import RAW_SCALE
 from piqa_model.errors import PiqaError
 

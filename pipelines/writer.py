@@ -37,6 +37,7 @@ OUTPUT_SCHEMA = pa.schema(
         ("scored_at", pa.timestamp("us", tz="UTC")),
     ]
 )
+MANIFEST = "_manifest.json"  # under the output: what the job wrote, once it is complete (`pipelines.score`)
 PARTS = "_parts"  # under the output: a shard's parts until it is committed (underscore: readers skip it)
 RECEIPT_SCHEMA = pa.schema(
     [

@@ -14,7 +14,6 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 from numpy.typing import ArrayLike
-from scipy import optimize, stats
 
 _FIELDS = ("srcc", "krcc", "plcc", "rmse", "mae")
 MIN_GROUP_SIZE = 3
@@ -35,6 +34,8 @@ def logistic_parameters(
     `label_range` (low, high) keeps both asymptotes inside it, so that the curve bends within the label scale
     instead of running straight past its ends.
     """
+    from scipy import optimize  # scipy where it is used: `piqa filter` and `report` import this module
+
     x, y = _pair(pred, label)
     if len(x) < 4 or np.ptp(x) == 0:
         return None
@@ -95,6 +96,8 @@ def evaluate(pred: ArrayLike, label: ArrayLike) -> Metrics:
     With fewer than 2 items every metric is NaN; with constant predictions or labels the correlations
     are NaN (and RMSE/MAE those of the best constant fit).
     """
+    from scipy import stats
+
     x, y = _pair(pred, label)
     if len(x) < 2:
         return Metrics.undefined(len(x))

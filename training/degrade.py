@@ -35,8 +35,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
-from scipy.ndimage import gaussian_filter
-from scipy.signal import fftconvolve
 
 from pipelines.storage import Storage, StorageError
 from piqa_model.errors import ConfigError, ImageError
@@ -65,6 +63,8 @@ def _scale_blur(pixels: Pixels, sigma: float) -> float:
 
 
 def _convolve(pixels: Pixels, kernel: np.ndarray) -> Pixels:
+    from scipy.signal import fftconvolve  # scipy where it is used: every `piqa` command imports this module
+
     kernel = kernel / kernel.sum()
     pad = max(kernel.shape)
     padded = np.pad(pixels, ((pad, pad), (pad, pad), (0, 0)), mode="reflect")
@@ -74,6 +74,8 @@ def _convolve(pixels: Pixels, kernel: np.ndarray) -> Pixels:
 
 def gaussian_blur(pixels: Pixels, strength: float, rng: np.random.Generator) -> Pixels:
     """Out of focus, smoothly: a Gaussian of sigma 0.8 to 6 pixels (at 512 px)."""
+    from scipy.ndimage import gaussian_filter
+
     sigma = _scale_blur(pixels, _between(0.8, 6.0, strength, geometric=True))
     return gaussian_filter(pixels, sigma=(sigma, sigma, 0), mode="reflect")
 
@@ -120,6 +122,8 @@ def signal_noise(pixels: Pixels, strength: float, rng: np.random.Generator) -> P
 
 def chroma_noise(pixels: Pixels, strength: float, rng: np.random.Generator) -> Pixels:
     """Blotchy colour noise over luma grain, as a phone's denoiser leaves it at high ISO."""
+    from scipy.ndimage import gaussian_filter
+
     std = _noise_std(strength)
     luma = rng.standard_normal(pixels.shape[:2], dtype=np.float32)[..., None]
     colour = gaussian_filter(rng.standard_normal(pixels.shape, dtype=np.float32), sigma=(1.5, 1.5, 0)) * 2.0
