@@ -15,12 +15,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
 import multiprocessing
 import re
+import subprocess
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -54,6 +57,17 @@ def write_results(path: Path, document: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(document, indent=2, default=str) + "\n")
     print(f"wrote {path}")
+
+
+@contextlib.contextmanager
+def checkout_of(revision: str, folder: Path) -> Iterator[Path]:
+    """This repository at `revision`, checked out at `folder` (a git worktree) while the block runs: a baseline
+    measured in the same run. Run its code with `PYTHONPATH` set to the folder."""
+    subprocess.run(["git", "worktree", "add", "--detach", str(folder), revision], cwd=REPO, check=True)
+    try:
+        yield folder
+    finally:
+        subprocess.run(["git", "worktree", "remove", "--force", str(folder)], cwd=REPO, check=False)
 
 
 def spread(paths: list[Path], count: int) -> list[Path]:

@@ -33,7 +33,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from harness import DATA, OUT_DIR, REPO, write_results
+from harness import DATA, OUT_DIR, REPO, checkout_of, write_results
 
 from pipelines.runtime import HYGIENE_ENV
 
@@ -170,9 +170,7 @@ def main() -> None:
     args = parse_args()
     sizes = {"portraits": [int(n) for n in args.portraits.split(",")], "rows": [int(n) for n in args.rows.split(",")]}
     work = Path(tempfile.mkdtemp(prefix="piqa-scale-"))
-    baseline = work / "baseline"
-    subprocess.run(["git", "worktree", "add", "--detach", str(baseline), args.baseline], cwd=REPO, check=True)
-    try:
+    with checkout_of(args.baseline, work / "baseline") as baseline:
         bundle = cheap_bundle(work)
         folders = {(w, n): folder_of(w, n, work) for w, counts in sizes.items() for n in counts}
         results: dict = {"sizes": sizes, "baseline": args.baseline, "driver": {}, "bytes": {}}
@@ -195,9 +193,7 @@ def main() -> None:
             }
         report(results)
         write_results(args.out, results)
-    finally:
-        subprocess.run(["git", "worktree", "remove", "--force", str(baseline)], cwd=REPO, check=False)
-        shutil.rmtree(work, ignore_errors=True)
+    shutil.rmtree(work, ignore_errors=True)
 
 
 def report(results: dict) -> None:
