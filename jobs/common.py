@@ -7,7 +7,9 @@ entrypoint, so `jobs.cli` can import the subcommand modules at the top.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import MISSING, fields
@@ -116,6 +118,7 @@ def run(argv: Sequence[str] | None, parser_factory: Callable[[], argparse.Argume
     bug and keeps its traceback.
     """
     apply_local_hygiene()
+    _stop_on_sigterm()
     parser = parser_factory()
     try:
         args = parser.parse_args(argv)
@@ -129,13 +132,31 @@ def run(argv: Sequence[str] | None, parser_factory: Callable[[], argparse.Argume
     except PiqaError as exc:
         print(f"{parser.prog}: error: {exc}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print(f"{parser.prog}: interrupted; rerun the same command to resume", file=sys.stderr)
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (`_stop_on_sigterm`); a job may say what it had done
+        print(f"{parser.prog}: {exc or 'interrupted'}; rerun the same command to resume", file=sys.stderr)
         return 130
+
+
+def _stop_on_sigterm() -> None:
+    """SIGTERM (a preempted pod, `kill`, `ray job stop`) stops a command as Ctrl-C does: the job ends between
+    two steps, says so, and exits non-zero. `pipelines.runtime.ensure_ray` keeps this handler (Ray's driver
+    would replace it with a bare exit)."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
+
+
+def _ignore_further_signals() -> None:
+    """After the command: a second Ctrl-C or SIGTERM must not cut short Ray's shutdown at exit, which stops the
+    local cluster's processes (interrupted, they outlive the job)."""
+    if threading.current_thread() is threading.main_thread():
+        for number in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(number, signal.SIG_IGN)
 
 
 def main(argv: Sequence[str] | None, parser_factory: Callable[[], argparse.ArgumentParser]) -> None:
     """A `python -m jobs.<module>` entrypoint: run the command, exit with its code."""
     if "--verbose" not in (sys.argv[1:] if argv is None else argv):
         drop_stderr_lines(RAY_FALSE_ALARM)
-    sys.exit(run(argv, parser_factory))
+    code = run(argv, parser_factory)
+    _ignore_further_signals()
+    sys.exit(code)

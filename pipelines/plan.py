@@ -94,9 +94,13 @@ class _Raised:
 _END = object()
 
 
+STAGE_STOP_TIMEOUT_S = 60.0  # closing `run_in_process`'s batches waits this long for a stage to finish its batch
+
+
 def _in_thread(batches: Iterator[Batch], name: str, depth: int = 2) -> Iterator[Batch]:
     """`batches`, computed in a thread of their own at most `depth` batches ahead of their reader; what the thread
-    raises is raised here. Closing this generator stops the thread at its next batch."""
+    raises is raised here. Closing this generator (Ctrl-C, a failed commit) stops the thread after its batch, and
+    waits for that: a thread still in torch when the interpreter exits aborts the process."""
     handoff: queue.Queue[Any] = queue.Queue(maxsize=depth)
     stopped = threading.Event()
 
@@ -120,7 +124,8 @@ def _in_thread(batches: Iterator[Batch], name: str, depth: int = 2) -> Iterator[
         finally:
             batches.close()
 
-    threading.Thread(target=pump, name=f"stage-{name}", daemon=True).start()
+    thread = threading.Thread(target=pump, name=f"stage-{name}", daemon=True)
+    thread.start()
     try:
         while (item := handoff.get()) is not _END:
             if isinstance(item, _Raised):
@@ -128,6 +133,7 @@ def _in_thread(batches: Iterator[Batch], name: str, depth: int = 2) -> Iterator[
             yield item
     finally:
         stopped.set()
+        thread.join(timeout=STAGE_STOP_TIMEOUT_S)  # its batch done: a thread still in torch aborts the exit
 
 
 def _rebatched(batches: Iterable[Batch], size: int | None) -> Iterator[Batch]:

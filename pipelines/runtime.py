@@ -9,12 +9,15 @@ set) travel in the runtime environment of a local cluster, so Ray workers and Ra
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import os
 import re
 import select
+import signal
 import sys
 import threading
+from collections.abc import Iterator
 
 import ray
 
@@ -143,14 +146,27 @@ def ensure_ray(log_to_driver: bool = False) -> None:
     level = _apply_ray_console_level()
     if ray.is_initialized():
         return
-    if os.environ.get("RAY_ADDRESS", "local") != "local":
-        # A cluster (e.g. under `ray job submit`): its runtime environment is the submitter's to set.
-        ray.init(log_to_driver=log_to_driver, logging_level=level)
-        return
-    apply_local_hygiene()
-    env_vars = {name: os.environ[name] for name in SHARED_ENV if name in os.environ}
-    runtime_env = {"env_vars": env_vars, "worker_process_setup_hook": "pipelines.runtime.quiet_local_workers"}
-    start_local_ray(runtime_env=runtime_env, log_to_driver=log_to_driver, logging_level=level)
+    with _own_sigterm_handler_kept():
+        if os.environ.get("RAY_ADDRESS", "local") != "local":
+            # A cluster (e.g. under `ray job submit`): its runtime environment is the submitter's to set.
+            ray.init(log_to_driver=log_to_driver, logging_level=level)
+            return
+        apply_local_hygiene()
+        env_vars = {name: os.environ[name] for name in SHARED_ENV if name in os.environ}
+        runtime_env = {"env_vars": env_vars, "worker_process_setup_hook": "pipelines.runtime.quiet_local_workers"}
+        start_local_ray(runtime_env=runtime_env, log_to_driver=log_to_driver, logging_level=level)
+
+
+@contextlib.contextmanager
+def _own_sigterm_handler_kept() -> Iterator[None]:
+    """`ray.init` in a driver replaces SIGTERM's handler with `sys.exit`; a handler this process had set itself
+    (the CLI's, which stops a job as Ctrl-C does) is put back. Without one, Ray's stays."""
+    own = signal.getsignal(signal.SIGTERM) if threading.current_thread() is threading.main_thread() else None
+    try:
+        yield
+    finally:
+        if own not in (None, signal.SIG_DFL):
+            signal.signal(signal.SIGTERM, own)
 
 
 def quiet_local_workers() -> None:

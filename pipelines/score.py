@@ -43,6 +43,11 @@ SMALL_JOB_IMAGES = 128  # runner "auto": a folder of at most this many images is
 DATASET = "a ray.data.Dataset"  # what `score_dataset` puts in its config's input and output
 
 
+class ScoringInterrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM stopped the job between two steps; the message says how many shards are committed (they
+    stay: a rerun of the same command scores the rest)."""
+
+
 class IncompleteRunError(PiqaError, RuntimeError):
     """The dataset ended with shards still missing rows (should never happen; rerun to resume)."""
 
@@ -103,8 +108,14 @@ def run_scoring(config: ScoreConfig) -> RunSummary:
     driver_cpu = time.process_time()
     counts = []
     if todo:  # the stages start (and Ray with them) when called; the commits follow their receipts
-        receipts = _written_parts(todo, config, storage, model_config, model, in_process)
-        counts = _commit_shards(receipts, _write_options(config, storage, model_config), in_process)
+        try:
+            receipts = _written_parts(todo, config, storage, model_config, model, in_process)
+            counts = _commit_shards(receipts, _write_options(config, storage, model_config), in_process)
+        except KeyboardInterrupt:
+            committed = len(_finished_shards(config.output, storage) & {shard.shard_id for shard in shards})
+            raise ScoringInterrupted(
+                f"interrupted with {committed} of {len(shards)} shards committed ({len(done)} by an earlier run)"
+            ) from None
     summary = RunSummary(
         output=config.output,
         model=model,
