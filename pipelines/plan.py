@@ -78,12 +78,15 @@ def run_in_process(stages: Sequence[Stage], items: list[dict[str, Any]]) -> Iter
 
 
 def _batches_through(stage: Stage, batches: Iterable[Batch]) -> Iterator[Batch]:
-    call = stage.fn(**stage.kwargs) if stage.is_actor else functools.partial(stage.fn, **stage.kwargs)
-    for batch in _rebatched(batches, stage.batch_size):
-        if stage.batch_format == "numpy" and isinstance(batch, pa.Table):
-            batch = {name: batch[name].to_numpy(zero_copy_only=False) for name in batch.column_names}
-        result = call(batch)
-        yield from [result] if isinstance(result, (pa.Table, dict)) else result
+    try:
+        call = stage.fn(**stage.kwargs) if stage.is_actor else functools.partial(stage.fn, **stage.kwargs)
+        for batch in _rebatched(batches, stage.batch_size):
+            if stage.batch_format == "numpy" and isinstance(batch, pa.Table):
+                batch = {name: batch[name].to_numpy(zero_copy_only=False) for name in batch.column_names}
+            result = call(batch)
+            yield from [result] if isinstance(result, (pa.Table, dict)) else result
+    finally:  # this stage failed or was stopped: the stages before it stop too
+        getattr(batches, "close", lambda: None)()
 
 
 @dataclass(frozen=True)
