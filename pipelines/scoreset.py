@@ -126,20 +126,25 @@ def scoring_model(manifest: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def join_column(scores: pa.Table, metadata: pa.Table, column: str, key: str = "key") -> pa.Table:
-    """`scores` plus `column` taken from `metadata` by matching `metadata[key]` to `scores["key"]`.
+def metadata_lookup(metadata: pa.Table, column: str, key: str = "key") -> pa.Table:
+    """`metadata` cut to (`key` as text, `column`), for `join_column`.
 
-    Scores without a metadata row get a null. Raises ScoreSetError when `metadata` lacks either column or
-    holds a key twice (which of its values would apply would be a guess).
+    Raises ScoreSetError when `metadata` lacks either column or holds a key twice (which of its values would
+    apply would be a guess).
     """
     for name in (key, column):
         if name not in metadata.column_names:
             columns = ", ".join(metadata.column_names)
             raise ScoreSetError(f"metadata has no column '{name}' (columns: {columns}); set --metadata-key/--per")
-    if column in scores.column_names:
-        raise ScoreSetError(f"'{column}' is already a score column; join a differently named metadata column")
     keys = metadata.column(key).cast(pa.string())
     if pc.count_distinct(keys, mode="all").as_py() != len(keys):
         raise ScoreSetError(f"metadata holds some {key} more than once; keep one row per key")
-    positions = pc.index_in(scores.column("key"), value_set=keys)
-    return scores.append_column(column, metadata.column(column).take(positions))
+    return pa.table({"key": keys, column: metadata.column(column)})
+
+
+def join_column(scores: pa.Table, lookup: pa.Table, column: str) -> pa.Table:
+    """`scores` plus `column` from a `metadata_lookup`, matched by key; scores without a metadata row get a null."""
+    if column in scores.column_names:
+        raise ScoreSetError(f"'{column}' is already a score column; join a differently named metadata column")
+    positions = pc.index_in(scores.column("key"), value_set=lookup.column("key"))
+    return scores.append_column(column, lookup.column(column).take(positions))

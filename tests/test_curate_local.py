@@ -230,6 +230,7 @@ def test_python_m_jobs_filter(scored_folder, tmp_path, capsys):
         "kept.parquet",
         "dropped.parquet",
         "summary.json",
+        "groups.parquet",
         "report.html",
     }
 

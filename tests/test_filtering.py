@@ -15,9 +15,9 @@ from pipelines.filtering import (
     FilterError,
     decide,
     manifest,
-    summarize,
 )
-from pipelines.scoreset import ScoreSetError, join_column
+from pipelines.summary import summarize
+from pipelines.scoreset import ScoreSetError, join_column, metadata_lookup
 from piqa_model import errors
 
 SCHEMA = pa.schema(
@@ -227,11 +227,11 @@ def test_statuses_name_every_status_a_score_row_can_have():
 def test_metadata_column_joins_by_key():
     table = scores(ranked(3))
     metadata = pa.table({"id": ["k2", "k0", "zz"], "camera": ["phone", "dslr", "phone"]})
-    joined = join_column(table, metadata, "camera", key="id")
+    joined = join_column(table, metadata_lookup(metadata, "camera", key="id"), "camera")
     assert joined["camera"].to_pylist() == ["dslr", None, "phone"]
     with pytest.raises(ScoreSetError, match="more than once"):
-        join_column(table, pa.table({"key": ["k0", "k0"], "camera": ["a", "b"]}), "camera")
+        metadata_lookup(pa.table({"key": ["k0", "k0"], "camera": ["a", "b"]}), "camera")
     with pytest.raises(ScoreSetError, match="no column 'camera'"):
-        join_column(table, pa.table({"key": ["k0"]}), "camera")
+        metadata_lookup(pa.table({"key": ["k0"]}), "camera")
     with pytest.raises(ScoreSetError, match="already a score column"):
-        join_column(table, pa.table({"key": ["k0"], "status": ["x"]}), "status")
+        join_column(table, metadata_lookup(pa.table({"key": ["k0"], "status": ["x"]}), "status"), "status")
