@@ -44,9 +44,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from pipelines.summary import ScoreStats
     from pipelines.scoreset import list_parquet, read_score_set, scoring_manifest
     from pipelines.storage import Storage
+    from pipelines.summary import ScoreStats
     from piqa_model.calibration import RAW_SCALE
 
     storage = Storage.from_environment()

@@ -7,6 +7,7 @@ this process unless `--ray` is given. Resharding (`--reshard-to`) always runs on
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from jobs.common import (
     Parser,
@@ -18,6 +19,9 @@ from jobs.common import (
     source_format_from_args,
 )
 from piqa_model.errors import STATUSES
+
+if TYPE_CHECKING:
+    from pipelines.reshard import ReshardConfig
 
 
 def _statuses(text: str) -> tuple[str, ...]:
@@ -88,7 +92,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def cmd(args: argparse.Namespace) -> int:
     from pipelines.curate import FilterJobConfig, run_filter
     from pipelines.filtering import FilterConfig
-    from pipelines.reshard import ReshardConfig
 
     rules = config_from_args(FilterConfig, args)
     config = FilterJobConfig(
@@ -98,7 +101,7 @@ def cmd(args: argparse.Namespace) -> int:
         metadata=args.metadata,
         metadata_key=args.metadata_key,
         emit_dropped=args.emit_dropped,
-        reshard=ReshardConfig(args.reshard_to, args.shard_size) if args.reshard_to else None,
+        reshard=_reshard_config(args),
         report=args.report,
         source_format=source_format_from_args(args),
         use_ray=args.ray,
@@ -106,6 +109,14 @@ def cmd(args: argparse.Namespace) -> int:
     )
     print("\n".join(run_filter(config).lines()))
     return 0
+
+
+def _reshard_config(args: argparse.Namespace) -> ReshardConfig | None:
+    if not args.reshard_to:
+        return None
+    from pipelines.reshard import ReshardConfig  # imports Ray: only for a run that reshards
+
+    return ReshardConfig(args.reshard_to, args.shard_size)
 
 
 def build_parser() -> Parser:

@@ -35,9 +35,8 @@ import io
 import json
 import math
 import posixpath
-from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -51,6 +50,7 @@ from pipelines.filtering import (
     ELIGIBLE,
     GROUP,
     KEPT,
+    RANK_ORDER,
     FilterConfig,
     apply_cuts,
     candidates,
@@ -63,8 +63,6 @@ from pipelines.filtering import (
     passing_candidates,
     row_decisions,
 )
-from pipelines.report import ReportConfig, build_report, write_report
-from pipelines.reshard import ReshardConfig, ReshardSummary, reshard
 from pipelines.scoreset import (
     REQUIRED_COLUMNS,
     ScoreSetError,
@@ -81,11 +79,15 @@ from pipelines.tasks import map_tasks
 from pipelines.writer import OUTPUT_SCHEMA
 from piqa_model.errors import ConfigError
 
+if TYPE_CHECKING:  # resharding and the report import Ray and matplotlib: only a run that asks for them does
+    from pipelines.reshard import ReshardConfig, ReshardSummary
+
 KEPT_FILE, DROPPED_FILE, SUMMARY_FILE, REPORT_FILE = "kept.parquet", "dropped.parquet", "summary.json", "report.html"
 GROUPS_FILE, PARTS_FILE, WORK = "groups.parquet", "_parts.json", "_work"
 PART_NAME = "part-{:06d}.parquet"
 BLOCK_ROWS = 250_000  # the most rows a task holds: a batch of score files, a partition of eligible rows
-FILES_PER_COUNT_TASK = 64
+FILES_PER_COUNT_TASK = 256
+SPILL_ROW_GROUP = 32_768  # spilled rows are read by group and score range: row groups small enough to skip
 SAMPLE_EVERY = 256  # of a batch's eligible rows, those at multiples of this are sampled for the partition cuts
 REPORT_COLUMNS = ("face_box",)
 _EMPTY_SAMPLE = pa.table({GROUP: pa.array([], pa.string()), "score": pa.array([], pa.float32())})
@@ -172,6 +174,7 @@ class _Counts:
     file_rows: list[int] = field(default_factory=list)
     sizes: list[pa.Table] = field(default_factory=list)  # (group, n) of eligible rows
     samples: list[pa.Table] = field(default_factory=list)  # (group, score) of sampled eligible rows
+    spills: list[str] = field(default_factory=list)  # the eligible rows, with fraction rules
     before: ScoreSketch = field(default_factory=ScoreSketch)  # every score
     eligible: ScoreSketch = field(default_factory=ScoreSketch)  # the scores of rows passing rules 1-4
     columns: dict[str, pa.Field] = field(default_factory=dict)  # the columns some file has, by name
@@ -181,6 +184,7 @@ class _Counts:
         self.sizes = [_sum_sizes([*self.sizes, *other.sizes])]
         self.samples = [pa.concat_tables([_EMPTY_SAMPLE, *self.samples, *other.samples])]
         self.columns |= other.columns
+        self.spills += other.spills
         self.before.merge(other.before)
         self.eligible.merge(other.eligible)
 
@@ -200,42 +204,58 @@ def run_filter(config: FilterJobConfig) -> FilterOutcome:
     try:
         counts = _Counts()
         chunks = [files[start : start + FILES_PER_COUNT_TASK] for start in range(0, len(files), FILES_PER_COUNT_TASK)]
-        for counted in map_tasks(_count, chunks, use_ray=config.use_ray, shared={"reading": reading}):
+        shared = {"reading": reading, "work": work, "block_rows": config.block_rows}
+        for counted in map_tasks(_count, enumerate(chunks), use_ray=config.use_ray, shared=shared):
             counts.merge(counted)
         if lookup is None:  # a column no file has is not a score column
             check_columns(pa.schema(counts.columns.values()), config.rules)
         batches = _batches(files, counts.file_rows, config.block_rows)
         cuts, after = None, counts.eligible
         if config.rules.uses_fractions:
-            cuts, after = _cuts(batches, counts, reading, work, config)
+            cuts, after = _cuts(counts, reading, config)
         outcome = _decide(batches, reading, cuts, counts.before, after, scoring, config)
     finally:
         _clear(work, storage)
     return outcome
 
 
-def _count(uris: list[str], *, reading: _Reading) -> _Counts:
-    """Pass 1 over some score files, one at a time."""
-    counts = _Counts()
+def _count(item: tuple[int, list[str]], *, reading: _Reading, work: str, block_rows: int) -> _Counts:
+    """Pass 1 over some score files, one at a time; with fraction rules, their eligible rows are spilled in
+    rank order, a file per `block_rows` of them."""
+    number, uris = item
+    counts, held = _Counts(), []
+
+    def spill() -> None:
+        rows = pa.concat_tables(held)
+        held.clear()
+        rows = rows.take(pc.sort_indices(rows, RANK_ORDER))
+        counts.sizes = [_sum_sizes([*counts.sizes, rows.group_by(GROUP).aggregate([([], "count_all")])])]
+        counts.samples.append(rows.select([GROUP, "score"]).take(pa.array(np.arange(0, rows.num_rows, SAMPLE_EVERY))))
+        uri = posixpath.join(work, f"spill-{number:06d}-{len(counts.spills):04d}.parquet")
+        buffer = io.BytesIO()
+        pq.write_table(rows, buffer, row_group_size=SPILL_ROW_GROUP)
+        reading.storage.write_atomic(uri, buffer.getvalue())
+        counts.spills.append(uri)
+
     for uri in uris:
         table = reading.load(uri, counts.columns)
         decided = row_decisions(table, reading.rules)
-        eligible = decided == ELIGIBLE
         counts.file_rows.append(table.num_rows)
         counts.before.add(table["score"])
-        counts.eligible.add(table["score"].filter(pa.array(eligible)))
+        counts.eligible.add(table["score"].filter(pa.array(decided == ELIGIBLE)))
         if reading.rules.uses_fractions:
-            rows = candidates(table, decided, reading.rules)
-            counts.sizes.append(rows.group_by(GROUP).aggregate([([], "count_all")]).rename_columns([GROUP, "n"]))
-            counts.samples.append(
-                rows.select([GROUP, "score"]).take(pa.array(np.arange(0, rows.num_rows, SAMPLE_EVERY)))
-            )
-    counts.sizes = [_sum_sizes(counts.sizes)]
+            held.append(candidates(table, decided, reading.rules))
+            if sum(rows.num_rows for rows in held) >= block_rows:
+                spill()
+    if held:
+        spill()
     counts.samples = [pa.concat_tables([_EMPTY_SAMPLE, *counts.samples])]
     return counts
 
 
 def _sum_sizes(tables: list[pa.Table]) -> pa.Table:
+    """(group, n) tables summed by group (an aggregate's count column may have any name)."""
+    tables = [table.rename_columns([GROUP, "n"]) for table in tables]
     table = (
         pa.concat_tables(tables)
         if tables
@@ -257,31 +277,74 @@ def _batches(files: list[str], rows: list[int], block_rows: int) -> list[list[st
     return batches
 
 
-def _plan(sizes: pa.Table, samples: pa.Table, block_rows: int) -> pa.Table:
-    """Partitions of the eligible rows: per group (in sorted order) its first partition and, for a group of
-    more than `block_rows` rows, the scores that cut it into ranges (best first), one partition each."""
+@dataclass(frozen=True)
+class _Partition:
+    where: pa.Expression  # its rows among the spilled ones
+    sizes: pa.Table  # (group, n) of its groups
+    split: int | None = None  # a score range of a split group: that group's position among the sorted groups
+
+
+def _plan(sizes: pa.Table, samples: pa.Table, block_rows: int) -> list[_Partition]:
+    """Partitions of the eligible rows: a filter on the spilled rows and its groups' (group, n).
+
+    Groups go in sorted order; a partition is a run of whole groups of at most `block_rows` rows in all, or one
+    score range of a bigger group (best first), cut at quantiles of its sampled scores.
+    """
     sizes = sizes.take(pc.sort_indices(sizes, [(GROUP, "ascending")]))
-    groups, n = sizes[GROUP].to_pylist(), sizes["n"].to_numpy()
-    partition = np.zeros(len(groups), dtype=np.int64)
-    splits: list[list[float] | None] = [None] * len(groups)
-    current, held = -1, block_rows
-    for i, (group, count) in enumerate(zip(groups, n, strict=True)):
+    plan: list[_Partition] = []
+    run: list[int] = []
+    held = 0
+
+    def close_run() -> None:
+        if run:
+            groups = sizes.slice(run[0], len(run))
+            plan.append(_Partition(_groups_between(groups[GROUP]), groups))
+            run.clear()
+
+    for i, count in enumerate(sizes["n"].to_numpy()):
         if count > block_rows:
+            close_run()
+            group = sizes[GROUP][i].as_py()
             scores = _sampled_scores(samples, group)
             pieces = math.ceil(count / block_rows)
             cuts = np.unique(np.quantile(scores, np.arange(1, pieces) / pieces)) if scores.size else np.array([])
-            splits[i] = sorted(cuts.astype(np.float32).tolist(), reverse=True)
-            partition[i] = current + 1
-            current += len(splits[i]) + 1
-            held = block_rows
+            for score_range in _score_ranges(sorted(cuts.astype(np.float32).tolist(), reverse=True)):
+                plan.append(_Partition(_is_group(group) & score_range, sizes.slice(i, 1), split=i))
             continue
         if held + count > block_rows:
-            current, held = current + 1, 0
-        partition[i] = current
+            close_run()
+            held = 0
+        run.append(i)
         held += count
-    return pa.table(
-        {GROUP: sizes[GROUP], "n": n, "partition": partition, "splits": pa.array(splits, pa.list_(pa.float32()))}
-    )
+    close_run()
+    return plan
+
+
+def _is_group(group: str | None) -> pa.Expression:
+    return pc.field(GROUP).is_null() if group is None else pc.field(GROUP) == group
+
+
+def _groups_between(groups: pa.ChunkedArray) -> pa.Expression:
+    """The rows whose group is one of `groups`, a run of the sorted groups (null last)."""
+    values = pc.drop_null(groups)
+    between = None
+    if len(values):
+        between = (pc.field(GROUP) >= values[0].as_py()) & (pc.field(GROUP) <= values[-1].as_py())
+    if groups.null_count:
+        return pc.field(GROUP).is_null() if between is None else between | pc.field(GROUP).is_null()
+    return between
+
+
+def _score_ranges(cuts: list[float]) -> list[pa.Expression]:
+    """Filters for the score ranges between `cuts` (descending), best first: [c1, inf), [c2, c1), ...,
+    (-inf, c_last) with the rows without a score. Equal scores fall in one range."""
+    score = pc.field("score")
+    bounds = [pa.scalar(cut, pa.float32()) for cut in cuts]
+    if not bounds:
+        return [pc.scalar(True)]
+    ranges = [score >= bounds[0]]
+    ranges += [(score >= low) & (score < high) for high, low in zip(bounds, bounds[1:], strict=False)]
+    return ranges + [(score < bounds[-1]) | score.is_null()]
 
 
 def _sampled_scores(samples: pa.Table, group: str | None) -> np.ndarray:
@@ -289,101 +352,52 @@ def _sampled_scores(samples: pa.Table, group: str | None) -> np.ndarray:
     return pc.drop_null(samples["score"].filter(mine)).to_numpy(zero_copy_only=False)
 
 
-def _partition_of(rows: pa.Table, plan: pa.Table) -> np.ndarray:
-    """Each candidate row's partition under `plan`."""
-    at = pc.index_in(rows[GROUP], value_set=plan[GROUP], skip_nulls=False).to_numpy(zero_copy_only=False)
-    partition = plan["partition"].to_numpy()[at]
-    split_groups = np.flatnonzero(pc.is_valid(plan["splits"]).to_numpy(zero_copy_only=False))
-    for g in np.intersect1d(split_groups, at):
-        mine = np.flatnonzero(at == g)
-        ascending = np.array(plan["splits"][int(g)].as_py()[::-1], dtype=np.float32)
-        scores = rows["score"].take(pa.array(mine)).to_numpy(zero_copy_only=False)
-        better = len(ascending) - np.searchsorted(ascending, scores, side="right")  # cuts above the score
-        better[np.isnan(scores.astype(np.float64))] = len(ascending)  # a missing score ranks last
-        partition[mine] += better
-    return partition
+def _spilled(spills: list[str], where: pa.Expression, reading: _Reading, count_only: bool = False) -> Any:
+    import pyarrow.dataset  # imports pandas: only for runs with fraction rules
+
+    fs, _ = reading.storage.filesystem(spills[0])
+    dataset = pyarrow.dataset.dataset(
+        [reading.storage.filesystem(uri)[1] for uri in spills], format="parquet", filesystem=fs
+    )
+    if count_only:
+        return dataset.count_rows(filter=where)
+    return dataset.to_table(filter=where).cast(CANDIDATE_SCHEMA)
 
 
-def _spill(item: tuple[int, list[str]], *, reading: _Reading, plan: pa.Table, work: str) -> dict[str, Any]:
-    """Pass 2 over one batch: its eligible rows, one row group per partition, in one spill file."""
-    number, uris = item
-    tables = []
-    for uri in uris:
-        table = reading.load(uri)
-        tables.append(candidates(table, row_decisions(table, reading.rules), reading.rules))
-    rows = pa.concat_tables(tables) if tables else CANDIDATE_SCHEMA.empty_table()
-    partition = _partition_of(rows, plan)
-    order = np.argsort(partition, kind="stable")
-    rows, partition = rows.take(pa.array(order)), partition[order]
-    present, starts, counts = np.unique(partition, return_index=True, return_counts=True)
-    uri = posixpath.join(work, f"spill-{number:06d}.parquet")
-    buffer = io.BytesIO()
-    with pq.ParquetWriter(buffer, CANDIDATE_SCHEMA) as writer:
-        for start, count in zip(starts, counts, strict=True):
-            writer.write_table(rows.slice(int(start), int(count)), row_group_size=int(count))
-    reading.storage.write_atomic(uri, buffer.getvalue())
-    return {"uri": uri, "partitions": present.tolist(), "rows": counts.tolist()}
+def _count_range(where: pa.Expression, *, reading: _Reading, spills: list[str]) -> int:
+    """The spilled rows in one score range of a split group."""
+    return _spilled(spills, where, reading, count_only=True)
 
 
-def _cut(item: dict[str, Any], *, reading: _Reading) -> tuple[pa.Table, ScoreSketch]:
-    """Pass 3 over one partition: its cut rows, and the sketch of the scores that pass the fraction rules."""
-    tables = []
-    for uri, row_group in item["pieces"]:
-        fs, path = reading.storage.filesystem(uri)
-        with fs.open(path, "rb") as handle:
-            tables.append(pq.ParquetFile(handle).read_row_group(row_group))
-    rows = pa.concat_tables(tables) if tables else CANDIDATE_SCHEMA.empty_table()
-    sizes = item["sizes"]
+def _cut(item: tuple[pa.Expression, pa.Table], *, reading: _Reading, spills: list[str]) -> tuple[pa.Table, ScoreSketch]:
+    """Pass 2 over one partition: its cut rows, and the sketch of the scores that pass the fraction rules."""
+    where, sizes = item
+    rows = _spilled(spills, where, reading)
     passing = ScoreSketch()
     passing.add(rows["score"].filter(pa.array(passing_candidates(rows, sizes, reading.rules))))
     return cut_rows(rows, sizes, reading.rules), passing
 
 
-def _cuts(
-    batches: list[list[str]], counts: _Counts, reading: _Reading, work: str, config: FilterJobConfig
-) -> tuple[pa.Table, ScoreSketch]:
-    """Passes 2 and 3: every group's cut rows (CUT_SCHEMA), and the sketch of the eligible scores that pass."""
+def _cuts(counts: _Counts, reading: _Reading, config: FilterJobConfig) -> tuple[pa.Table, ScoreSketch]:
+    """Pass 2: every group's cut rows (CUT_SCHEMA), and the sketch of the eligible scores that pass."""
     [sizes] = counts.sizes
     plan = _plan(sizes, pa.concat_tables([_EMPTY_SAMPLE, *counts.samples]), config.block_rows)
-    spilled = list(
-        map_tasks(
-            _spill, enumerate(batches), use_ray=config.use_ray, shared={"reading": reading, "plan": plan, "work": work}
-        )
-    )
-    ranges = pc.fill_null(pc.list_value_length(plan["splits"]), 0).to_numpy()
-    partitions = int((plan["partition"].to_numpy() + ranges).max(initial=-1)) + 1
-    pieces: list[list[tuple[str, int]]] = [[] for _ in range(partitions)]
-    held = np.zeros(partitions, dtype=np.int64)
-    for spill in spilled:
-        for row_group, (p, n) in enumerate(zip(spill["partitions"], spill["rows"], strict=True)):
-            pieces[p].append((spill["uri"], row_group))
-            held[p] += n
-    found, passing = [], ScoreSketch()
-    items = _partition_items(plan, pieces, held)
-    for rows, sketch in map_tasks(_cut, items, use_ray=config.use_ray, shared={"reading": reading}):
+    shared = {"reading": reading, "spills": counts.spills}
+    ranges = [partition.where for partition in plan if partition.split is not None]
+    range_rows = map_tasks(_count_range, ranges, use_ray=config.use_ray, shared=shared)
+    items, above = [], {}  # split group -> its rows in the ranges so far
+    for partition in plan:
+        offset = 0
+        if partition.split is not None:
+            offset = above.get(partition.split, 0)
+            above[partition.split] = offset + next(range_rows)
+        offsets = pa.array([offset] * partition.sizes.num_rows, pa.int64())
+        items.append((partition.where, partition.sizes.append_column("offset", offsets)))
+    found, passing = [cut_rows(CANDIDATE_SCHEMA.empty_table(), sizes, config.rules)], ScoreSketch()
+    for rows, sketch in map_tasks(_cut, items, use_ray=config.use_ray, shared=shared):
         found.append(rows)
         passing.merge(sketch)
-    found = pa.concat_tables(found) if found else cut_rows(CANDIDATE_SCHEMA.empty_table(), plan, config.rules)
-    cuts = cuts_from_rows(plan.select([GROUP, "n"]), found, config.rules)
-    return cuts, passing
-
-
-def _partition_items(plan: pa.Table, pieces: list[list[tuple[str, int]]], held: np.ndarray) -> Iterator[dict[str, Any]]:
-    """One pass-3 task per partition: its spill row groups and its groups' sizes, with `offset`: the group's rows
-    in the partitions before it (a split group's better score ranges; 0 for whole groups)."""
-    first = plan["partition"].to_numpy()  # non-decreasing: `_plan` numbers partitions in group order
-    ranges = pc.list_value_length(plan["splits"]).to_numpy(zero_copy_only=False)  # NaN: a whole group
-    sizes = plan.select([GROUP, "n"])
-    for p in range(len(pieces)):
-        last = int(np.searchsorted(first, p, "right")) - 1
-        if not np.isnan(ranges[last]) and p <= first[last] + ranges[last]:
-            mine = sizes.slice(last, 1).append_column("offset", pa.array([held[first[last] : p].sum()], pa.int64()))
-        else:
-            start = int(np.searchsorted(first, p, "left"))
-            mine = sizes.slice(start, last + 1 - start).append_column(
-                "offset", pa.array(np.zeros(last + 1 - start, np.int64))
-            )
-        yield {"pieces": pieces[p], "sizes": mine}
+    return cuts_from_rows(sizes, pa.concat_tables(found), config.rules), passing
 
 
 def _decide_batch(
@@ -469,6 +483,8 @@ def _decide(
     storage.write_atomic(_join(config.output, SUMMARY_FILE), json.dumps(document, indent=2, default=str).encode())
     written.append(_join(config.output, SUMMARY_FILE))
     if config.report:
+        from pipelines.report import ReportConfig, build_report, write_report
+
         report = ReportConfig(
             title="Portrait quality filter: kept vs dropped", group=config.rules.per, source_format=config.source_format
         )
@@ -477,6 +493,8 @@ def _decide(
         write_report(written[-1], page, storage)
     resharded = None
     if config.reshard:
+        from pipelines.reshard import reshard
+
         kept = read_parquet_files(list_parquet(_join(config.output, KEPT_FILE), storage), storage)
         resharded = reshard(kept, config.reshard, storage, config.source_format)
     return FilterOutcome(summary, written, resharded)

@@ -53,6 +53,7 @@ ELIGIBLE = -1  # a row's decision code while it has passed every rule applied so
 DECIDED_BY = "decided_by"
 CANONICAL_ORDER = [("shard", "ascending"), ("key", "ascending"), ("source", "ascending")]
 GROUP = "group"
+RANK_ORDER = [(GROUP, "ascending"), ("score", "descending"), ("key", "ascending"), ("source", "ascending")]
 # kept.parquet and dropped.parquet: the score columns the rules read, `group` (the row's --per value as
 # text, null without --per) and `decided_by`, whatever the rules.
 SCORE_COLUMNS = ("key", "source", "shard", "status", "error", "score", "num_faces", "face_prob", "model")
@@ -292,10 +293,7 @@ def _round_half_up(values: np.ndarray) -> np.ndarray:
 def _ranked(rows: pa.Table, sizes: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """`rows` (candidates) in rank order within their groups: their positions, each one's rank in its whole group
     (`sizes`' offset added) and its group's n."""
-    order = pc.sort_indices(
-        rows,
-        sort_keys=[(GROUP, "ascending"), ("score", "descending"), ("key", "ascending"), ("source", "ascending")],
-    )
+    order = pc.sort_indices(rows, sort_keys=RANK_ORDER)
     groups = rows[GROUP].take(order)
     at = pc.index_in(groups, value_set=_array(sizes[GROUP]), skip_nulls=False).to_numpy(zero_copy_only=False)
     n = sizes["n"].to_numpy()[at]

@@ -18,9 +18,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-import ray
 
-from pipelines.runtime import ensure_ray
 from pipelines.storage import Storage, StorageError
 from pipelines.writer import MANIFEST
 from piqa_model.calibration import RAW_SCALE
@@ -84,6 +82,10 @@ def read_score_set(uri: str, files: list[str], storage: Storage, use_ray: bool =
 
 
 def _read_with_ray(files: list[str], storage: Storage) -> pa.Table:
+    import ray  # a second to import: not for reads in this process
+
+    from pipelines.runtime import ensure_ray
+
     ensure_ray()
     batches = [files[start : start + FILES_PER_RAY_TASK] for start in range(0, len(files), FILES_PER_RAY_TASK)]
     ds = ray.data.from_items([{"batch": n, "files": batch} for n, batch in enumerate(batches)])

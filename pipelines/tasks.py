@@ -14,10 +14,6 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
-import ray
-
-from pipelines.runtime import ensure_ray
-
 Result = TypeVar("Result")
 IN_FLIGHT_PER_WORKER = 2
 
@@ -36,6 +32,10 @@ def map_tasks(
 
 
 def _on_ray(function: Callable[..., Result], items: Iterable[Any], shared: dict[str, Any]) -> Iterator[Result]:
+    import ray  # a second to import: not for runs in this process
+
+    from pipelines.runtime import ensure_ray
+
     ensure_ray()
     remote = ray.remote(num_cpus=1)(function)
     refs = {name: ray.put(value) for name, value in shared.items()}
@@ -59,4 +59,6 @@ def _windowed(
             if isinstance(handle, Future):
                 handle.cancel()
             else:
+                import ray
+
                 ray.cancel(handle)
