@@ -86,7 +86,7 @@ KEPT_FILE, DROPPED_FILE, SUMMARY_FILE, REPORT_FILE = "kept.parquet", "dropped.pa
 GROUPS_FILE, PARTS_FILE, WORK = "groups.parquet", "_parts.json", "_work"
 PART_NAME = "part-{:06d}.parquet"
 BLOCK_ROWS = 250_000  # the most rows a task holds: a batch of score files, a partition of eligible rows
-FILES_PER_COUNT_TASK = 256
+FILES_PER_FOOTER_TASK = 256
 SPILL_ROW_GROUP = 32_768  # spilled rows are read by group and score range: row groups small enough to skip
 SAMPLE_EVERY = 256  # of a batch's eligible rows, those at multiples of this are sampled for the partition cuts
 REPORT_COLUMNS = ("face_box",)
@@ -129,61 +129,75 @@ class FilterOutcome:
 
 @dataclass(frozen=True)
 class _Reading:
-    """What every task needs to read a score file as the rules see it."""
+    """What every task needs to read a batch of score files as the rules see it."""
 
     rules: FilterConfig
     storage: Storage
     metadata: pa.Table | None  # a `metadata_lookup` for the `per` column
-    extra_columns: tuple[str, ...] = ()
+    schema: pa.Schema  # the columns read: what the rules, manifests and report need, as the files have them
 
-    def load(self, uri: str, found: dict[str, pa.Field] | None = None) -> pa.Table:
-        """The columns of one score file that the rules, manifests and report read, in canonical order; score
-        columns it lacks (a bundle without LIQE) are nulls. The columns it has go into `found`, by name."""
-        fs, path = self.storage.filesystem(uri)
+    def load(self, uris: list[str]) -> pa.Table:
+        """The batch's rows, in file order; a column a file lacks (a bundle without LIQE) is nulls there."""
+        import pyarrow.dataset  # imports pandas: not for the CLI's other commands
+
+        fs, _ = self.storage.filesystem(uris[0])
+        paths = [self.storage.filesystem(uri)[1] for uri in uris]
         try:
-            with fs.open(path, "rb") as handle:
-                data = handle.read()
-            file = pq.ParquetFile(io.BytesIO(data))
-            present = set(file.schema_arrow.names)
-            if found is not None:
-                found.update((field.name, field) for field in file.schema_arrow)
-            wanted = [*self.rules.columns, *self.extra_columns]
-            table = file.read(columns=[name for name in wanted if name in present])
+            dataset = pyarrow.dataset.dataset(paths, schema=self.schema, format="parquet", filesystem=fs)
+            table = dataset.to_table()
         except Exception as exc:
-            raise ScoreSetError(f"{uri} is not a readable parquet file: {exc}") from None
-        missing = [name for name in REQUIRED_COLUMNS if name not in present]
-        if missing:
-            raise ScoreSetError(f"{uri} does not look like `piqa score` output: no column(s) {', '.join(missing)}")
-        for name in wanted:
-            if name not in present and name in OUTPUT_SCHEMA.names:
-                table = table.append_column(
-                    OUTPUT_SCHEMA.field(name), pa.nulls(table.num_rows, OUTPUT_SCHEMA.field(name).type)
-                )
+            raise ScoreSetError(f"cannot read the score files {uris[0]} ... {uris[-1]}: {_reason(exc)}") from None
         if self.metadata is not None:
             table = join_column(table, self.metadata, self.rules.per)
-        return canonical(table, self.rules)
+        check_columns(table.schema, self.rules)
+        return table
 
-    def load_all(self, uris: list[str]) -> pa.Table:
-        return pa.concat_tables([self.load(uri) for uri in uris], promote_options="permissive")
+
+def _footers(uris: list[str], *, storage: Storage) -> list[tuple[int, pa.Schema]]:
+    """Pass 0 over some score files: each one's rows and columns, from its footer."""
+    footers = []
+    for uri in uris:
+        fs, path = storage.filesystem(uri)
+        try:
+            with fs.open(path, "rb") as handle:
+                file = pq.ParquetFile(handle)
+                footers.append((file.metadata.num_rows, file.schema_arrow))
+        except Exception as exc:
+            raise ScoreSetError(f"{uri} is not a readable parquet file: {_reason(exc)}") from None
+        missing = [name for name in REQUIRED_COLUMNS if name not in footers[-1][1].names]
+        if missing:
+            raise ScoreSetError(f"{uri} does not look like `piqa score` output: no column(s) {', '.join(missing)}")
+    return footers
+
+
+def _columns_read(footers: list[tuple[int, pa.Schema]], config: FilterJobConfig) -> pa.Schema:
+    """The columns every batch reads, with the type some file gives each (LIQE's, from the writer's schema, when
+    no file has them). A `per` column no file has is an error, unless `--metadata` brings it."""
+    found: dict[str, pa.Field] = {}
+    for _, schema in footers:
+        found |= {field.name: field for field in schema if field.name not in found}
+    if not config.metadata:
+        check_columns(pa.schema(found.values()), config.rules)
+    wanted = [*config.rules.columns, *(REPORT_COLUMNS if config.report else ())]
+    if config.metadata:  # the `per` column comes from the metadata
+        wanted.remove(config.rules.per)
+    known = [name for name in wanted if name in found or name in OUTPUT_SCHEMA.names]
+    return pa.schema([found.get(name) or OUTPUT_SCHEMA.field(name) for name in known])
 
 
 @dataclass
 class _Counts:
     """Pass 1's sums: merged over batches."""
 
-    file_rows: list[int] = field(default_factory=list)
     sizes: list[pa.Table] = field(default_factory=list)  # (group, n) of eligible rows
     samples: list[pa.Table] = field(default_factory=list)  # (group, score) of sampled eligible rows
     spills: list[str] = field(default_factory=list)  # the eligible rows, with fraction rules
     before: ScoreSketch = field(default_factory=ScoreSketch)  # every score
     eligible: ScoreSketch = field(default_factory=ScoreSketch)  # the scores of rows passing rules 1-4
-    columns: dict[str, pa.Field] = field(default_factory=dict)  # the columns some file has, by name
 
     def merge(self, other: _Counts) -> None:
-        self.file_rows += other.file_rows
         self.sizes = [_sum_sizes([*self.sizes, *other.sizes])]
         self.samples = [pa.concat_tables([_EMPTY_SAMPLE, *self.samples, *other.samples])]
-        self.columns |= other.columns
         self.spills += other.spills
         self.before.merge(other.before)
         self.eligible.merge(other.eligible)
@@ -198,18 +212,19 @@ def run_filter(config: FilterJobConfig) -> FilterOutcome:
     if config.metadata:
         metadata = read_parquet_files(list_parquet(config.metadata, storage), storage)
         lookup = metadata_lookup(metadata, config.rules.per, config.metadata_key)
-    reading = _Reading(config.rules, storage, lookup, REPORT_COLUMNS if config.report else ())
+    chunks = [files[start : start + FILES_PER_FOOTER_TASK] for start in range(0, len(files), FILES_PER_FOOTER_TASK)]
+    footers = [
+        footer for part in map_tasks(_footers, chunks, use_ray=False, shared={"storage": storage}) for footer in part
+    ]
+    reading = _Reading(config.rules, storage, lookup, _columns_read(footers, config))
+    batches = _batches(files, [rows for rows, _ in footers], config.block_rows)
     scoring = scoring_manifest(config.scores, storage)
     work = _join(config.output, WORK)
     try:
         counts = _Counts()
-        chunks = [files[start : start + FILES_PER_COUNT_TASK] for start in range(0, len(files), FILES_PER_COUNT_TASK)]
-        shared = {"reading": reading, "work": work, "block_rows": config.block_rows}
-        for counted in map_tasks(_count, enumerate(chunks), use_ray=config.use_ray, shared=shared):
+        shared = {"reading": reading, "work": work}
+        for counted in map_tasks(_count, enumerate(batches), use_ray=config.use_ray, shared=shared):
             counts.merge(counted)
-        if lookup is None:  # a column no file has is not a score column
-            check_columns(pa.schema(counts.columns.values()), config.rules)
-        batches = _batches(files, counts.file_rows, config.block_rows)
         cuts, after = None, counts.eligible
         if config.rules.uses_fractions:
             cuts, after = _cuts(counts, reading, config)
@@ -219,37 +234,24 @@ def run_filter(config: FilterJobConfig) -> FilterOutcome:
     return outcome
 
 
-def _count(item: tuple[int, list[str]], *, reading: _Reading, work: str, block_rows: int) -> _Counts:
-    """Pass 1 over some score files, one at a time; with fraction rules, their eligible rows are spilled in
-    rank order, a file per `block_rows` of them."""
+def _count(item: tuple[int, list[str]], *, reading: _Reading, work: str) -> _Counts:
+    """Pass 1 over one batch: its sums; with fraction rules, its eligible rows spilled in rank order."""
     number, uris = item
-    counts, held = _Counts(), []
-
-    def spill() -> None:
-        rows = pa.concat_tables(held)
-        held.clear()
+    counts = _Counts()
+    table = reading.load(uris)
+    decided = row_decisions(table, reading.rules)
+    counts.before.add(table["score"])
+    counts.eligible.add(table["score"].filter(pa.array(decided == ELIGIBLE)))
+    if reading.rules.uses_fractions:
+        rows = candidates(table, decided, reading.rules)
         rows = rows.take(pc.sort_indices(rows, RANK_ORDER))
-        counts.sizes = [_sum_sizes([*counts.sizes, rows.group_by(GROUP).aggregate([([], "count_all")])])]
-        counts.samples.append(rows.select([GROUP, "score"]).take(pa.array(np.arange(0, rows.num_rows, SAMPLE_EVERY))))
-        uri = posixpath.join(work, f"spill-{number:06d}-{len(counts.spills):04d}.parquet")
+        counts.sizes = [_sum_sizes([rows.group_by(GROUP).aggregate([([], "count_all")])])]
+        counts.samples = [rows.select([GROUP, "score"]).take(pa.array(np.arange(0, rows.num_rows, SAMPLE_EVERY)))]
+        uri = posixpath.join(work, f"spill-{number:06d}.parquet")
         buffer = io.BytesIO()
         pq.write_table(rows, buffer, row_group_size=SPILL_ROW_GROUP)
         reading.storage.write_atomic(uri, buffer.getvalue())
         counts.spills.append(uri)
-
-    for uri in uris:
-        table = reading.load(uri, counts.columns)
-        decided = row_decisions(table, reading.rules)
-        counts.file_rows.append(table.num_rows)
-        counts.before.add(table["score"])
-        counts.eligible.add(table["score"].filter(pa.array(decided == ELIGIBLE)))
-        if reading.rules.uses_fractions:
-            held.append(candidates(table, decided, reading.rules))
-            if sum(rows.num_rows for rows in held) >= block_rows:
-                spill()
-    if held:
-        spill()
-    counts.samples = [pa.concat_tables([_EMPTY_SAMPLE, *counts.samples])]
     return counts
 
 
@@ -405,7 +407,7 @@ def _decide_batch(
 ) -> dict[str, Any]:
     """Pass 4 over one batch: its rows decided, its manifest parts written, its counts and refined sketches."""
     number, uris = item
-    table = canonical(reading.load_all(uris), reading.rules)
+    table = canonical(reading.load(uris), reading.rules)
     decided = row_decisions(table, reading.rules)
     if cuts is not None:
         apply_cuts(table, decided, cuts, reading.rules)
@@ -429,7 +431,7 @@ def _decide_batch(
         "before": before,
         "after": after,
         "written": written,
-        "report": table if reading.extra_columns else None,
+        "report": table if context["report"] else None,
     }
 
 
@@ -455,6 +457,7 @@ def _decide(
         "model": model,
         "output": config.output,
         "single": single,
+        "report": config.report,
     }
     counts: list[pa.Table] = []
     refined_before, refined_after = ScoreSketch(targets=context["before"]), ScoreSketch(targets=context["after"])
@@ -504,6 +507,10 @@ def _parquet_bytes(table: pa.Table) -> bytes:
     buffer = io.BytesIO()
     pq.write_table(table, buffer, compression="zstd")
     return buffer.getvalue()
+
+
+def _reason(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
 def _clear(uri: str, storage: Storage) -> None:

@@ -263,3 +263,21 @@ def test_list_manifests_and_fingerprint(tmp_path):
     assert manifest_fingerprint(found) != fingerprint
     with pytest.raises(SourceNotFoundError, match="no .parquet or .csv manifests under"):
         list_manifests(str(tmp_path / "empty"))
+
+
+def test_a_manifest_in_parts_is_one_dataset_with_uris_relative_to_its_folder(tmp_path):
+    parts = tmp_path / "new" / "labels.parquet"
+    parts.mkdir(parents=True)
+    for number, names in enumerate([["a.jpg", "b.jpg"], ["c.jpg"]]):
+        rows = pa.table({"uri": [f"img/{n}" for n in names], "label": [1.0] * len(names), "group": ["g"] * len(names)})
+        pq.write_table(rows, parts / f"part-{number:06d}.parquet")
+    (parts / "_parts.json").write_text('{"parts": ["part-000000.parquet", "part-000001.parquet"]}')
+
+    found = list_manifests(str(tmp_path / "new"))
+    records = [record for uri in found for record in load_manifest(uri)]
+
+    assert [Path(uri).name for uri in found] == ["part-000000.parquet", "part-000001.parquet"]
+    assert {record.dataset for record in records} == {"labels"}
+    assert [record.uri for record in records] == [
+        str(tmp_path / "new" / "img" / n) for n in ("a.jpg", "b.jpg", "c.jpg")
+    ]

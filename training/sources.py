@@ -122,8 +122,9 @@ def load_manifest(uri: str, dataset: str | None = None, storage: Storage | None 
     storage = storage or Storage.from_environment()
     fs, path = storage.filesystem(uri)
     columns, rows = _read_table(fs, path, uri)
-    folder = posixpath.dirname(path)
-    dataset = dataset or _dataset_name(path)
+    whole = _whole_manifest(path)
+    folder = posixpath.dirname(whole)
+    dataset = dataset or _dataset_name(whole)
     if set(MANIFEST_COLUMNS) <= set(columns):
         return [_manifest_record(row, number, uri, folder, dataset, fs, storage) for number, row in enumerate(rows, 1)]
     if set(CLIVE_COLUMNS) <= set(columns):
@@ -292,6 +293,13 @@ def _resolve(reference: str, folder: str, fs: AbstractFileSystem, storage: Stora
     if "://" in reference or reference.startswith("/"):
         return reference
     return storage.uri(fs, posixpath.normpath(posixpath.join(folder, reference)))
+
+
+def _whole_manifest(path: str) -> str:
+    """The manifest a file belongs to: itself, or for a part (`labels.parquet/part-000000.parquet`, the form
+    `piqa filter` writes big manifests in) its folder, which names the dataset and anchors relative uris."""
+    folder = posixpath.dirname(path)
+    return folder if folder.lower().endswith(".parquet") else path
 
 
 def _dataset_name(path: str) -> str:
