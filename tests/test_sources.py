@@ -266,7 +266,7 @@ def test_list_manifests_and_fingerprint(tmp_path):
 
 
 def test_a_manifest_in_parts_is_one_dataset_with_uris_relative_to_its_folder(tmp_path):
-    parts = tmp_path / "new" / "labels.parquet"
+    parts = tmp_path / "new" / "portraits.parquet"
     parts.mkdir(parents=True)
     for number, names in enumerate([["a.jpg", "b.jpg"], ["c.jpg"]]):
         rows = pa.table({"uri": [f"img/{n}" for n in names], "label": [1.0] * len(names), "group": ["g"] * len(names)})
@@ -277,7 +277,7 @@ def test_a_manifest_in_parts_is_one_dataset_with_uris_relative_to_its_folder(tmp
     records = [record for uri in found for record in load_manifest(uri)]
 
     assert [Path(uri).name for uri in found] == ["part-000000.parquet", "part-000001.parquet"]
-    assert {record.dataset for record in records} == {"labels"}
+    assert {record.dataset for record in records} == {"portraits"}
     assert [record.uri for record in records] == [
         str(tmp_path / "new" / "img" / n) for n in ("a.jpg", "b.jpg", "c.jpg")
     ]
