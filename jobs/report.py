@@ -24,8 +24,8 @@ def cmd(args: argparse.Namespace) -> int:
     from pipelines.storage import Storage
 
     config = ReportConfig(title=args.title, group=args.group, source_format=source_format_from_args(args))
-    table = report_score_set(args.scores, args.out, config, Storage.from_environment(args.s3_endpoint))
-    print(f"wrote {args.out} ({table.num_rows} rows)")
+    rows = report_score_set(args.scores, args.out, config, Storage.from_environment(args.s3_endpoint))
+    print(f"wrote {args.out} ({rows} rows)")
     return 0
 
 

@@ -64,29 +64,30 @@ from pipelines.filtering import (
     row_decisions,
 )
 from pipelines.scoreset import (
-    REQUIRED_COLUMNS,
+    FILES_PER_TASK,
     ScoreSetError,
     join_column,
     list_parquet,
     metadata_lookup,
+    read_footers,
     read_parquet_files,
     scoring_manifest,
     scoring_model,
 )
-from pipelines.storage import Storage
+from pipelines.storage import Storage, reason
 from pipelines.summary import FilterSummary, ScoreSketch, groups_table, merge_counts, rule_counts, summary_groups
 from pipelines.tasks import map_tasks
 from pipelines.writer import OUTPUT_SCHEMA
 from piqa_model.errors import ConfigError
 
 if TYPE_CHECKING:  # resharding and the report import Ray and matplotlib: only a run that asks for them does
+    from pipelines.report import ReportConfig
     from pipelines.reshard import ReshardConfig, ReshardSummary
 
 KEPT_FILE, DROPPED_FILE, SUMMARY_FILE, REPORT_FILE = "kept.parquet", "dropped.parquet", "summary.json", "report.html"
 GROUPS_FILE, PARTS_FILE, WORK = "groups.parquet", "_parts.json", "_work"
 PART_NAME = "part-{:06d}.parquet"
 BLOCK_ROWS = 250_000  # the most rows a task holds: a batch of score files, a partition of eligible rows
-FILES_PER_FOOTER_TASK = 256
 SPILL_ROW_GROUP = 32_768  # spilled rows are read by group and score range: row groups small enough to skip
 SAMPLE_EVERY = 256  # of a batch's eligible rows, those at multiples of this are sampled for the partition cuts
 REPORT_COLUMNS = ("face_box",)
@@ -146,28 +147,11 @@ class _Reading:
             dataset = pyarrow.dataset.dataset(paths, schema=self.schema, format="parquet", filesystem=fs)
             table = dataset.to_table()
         except Exception as exc:
-            raise ScoreSetError(f"cannot read the score files {uris[0]} ... {uris[-1]}: {_reason(exc)}") from None
+            raise ScoreSetError(f"cannot read the score files {uris[0]} ... {uris[-1]}: {reason(exc)}") from None
         if self.metadata is not None:
             table = join_column(table, self.metadata, self.rules.per)
         check_columns(table.schema, self.rules)
         return table
-
-
-def _footers(uris: list[str], *, storage: Storage) -> list[tuple[int, pa.Schema]]:
-    """Pass 0 over some score files: each one's rows and columns, from its footer."""
-    footers = []
-    for uri in uris:
-        fs, path = storage.filesystem(uri)
-        try:
-            with fs.open(path, "rb") as handle:
-                file = pq.ParquetFile(handle)
-                footers.append((file.metadata.num_rows, file.schema_arrow))
-        except Exception as exc:
-            raise ScoreSetError(f"{uri} is not a readable parquet file: {_reason(exc)}") from None
-        missing = [name for name in REQUIRED_COLUMNS if name not in footers[-1][1].names]
-        if missing:
-            raise ScoreSetError(f"{uri} does not look like `piqa score` output: no column(s) {', '.join(missing)}")
-    return footers
 
 
 def _columns_read(footers: list[tuple[int, pa.Schema]], config: FilterJobConfig) -> pa.Schema:
@@ -212,9 +196,11 @@ def run_filter(config: FilterJobConfig) -> FilterOutcome:
     if config.metadata:
         metadata = read_parquet_files(list_parquet(config.metadata, storage), storage)
         lookup = metadata_lookup(metadata, config.rules.per, config.metadata_key)
-    chunks = [files[start : start + FILES_PER_FOOTER_TASK] for start in range(0, len(files), FILES_PER_FOOTER_TASK)]
+    chunks = [files[start : start + FILES_PER_TASK] for start in range(0, len(files), FILES_PER_TASK)]
     footers = [
-        footer for part in map_tasks(_footers, chunks, use_ray=False, shared={"storage": storage}) for footer in part
+        footer
+        for part in map_tasks(read_footers, chunks, use_ray=False, shared={"storage": storage})
+        for footer in part
     ]
     reading = _Reading(config.rules, storage, lookup, _columns_read(footers, config))
     batches = _batches(files, [rows for rows, _ in footers], config.block_rows)
@@ -228,7 +214,8 @@ def run_filter(config: FilterJobConfig) -> FilterOutcome:
         cuts, after = None, counts.eligible
         if config.rules.uses_fractions:
             cuts, after = _cuts(counts, reading, config)
-        outcome = _decide(batches, reading, cuts, counts.before, after, scoring, config)
+        rows = sum(n for n, _ in footers)
+        outcome = _decide(batches, rows, reading, cuts, counts.before, after, scoring, config)
     finally:
         _clear(work, storage)
     return outcome
@@ -431,12 +418,13 @@ def _decide_batch(
         "before": before,
         "after": after,
         "written": written,
-        "report": table if context["report"] else None,
+        "report": table.take(pa.array(range(0, table.num_rows, every))) if (every := context["report_every"]) else None,
     }
 
 
 def _decide(
     batches: list[list[str]],
+    rows: int,
     reading: _Reading,
     cuts: pa.Table | None,
     before: ScoreSketch,
@@ -457,7 +445,7 @@ def _decide(
         "model": model,
         "output": config.output,
         "single": single,
-        "report": config.report,
+        "report_every": _report_every(rows, config),  # 0: no report
     }
     counts: list[pa.Table] = []
     refined_before, refined_after = ScoreSketch(targets=context["before"]), ScoreSketch(targets=context["after"])
@@ -486,13 +474,11 @@ def _decide(
     storage.write_atomic(_join(config.output, SUMMARY_FILE), json.dumps(document, indent=2, default=str).encode())
     written.append(_join(config.output, SUMMARY_FILE))
     if config.report:
-        from pipelines.report import ReportConfig, build_report, write_report
+        from pipelines.report import build_report, write_report
 
-        report = ReportConfig(
-            title="Portrait quality filter: kept vs dropped", group=config.rules.per, source_format=config.source_format
-        )
         written.append(_join(config.output, REPORT_FILE))
-        page = build_report(pa.concat_tables(report_rows), storage, report, config.scores, scoring)
+        table = pa.concat_tables(report_rows)
+        page = build_report(table, storage, _report_config(config), config.scores, scoring, sampled_from=rows)
         write_report(written[-1], page, storage)
     resharded = None
     if config.reshard:
@@ -503,14 +489,26 @@ def _decide(
     return FilterOutcome(summary, written, resharded)
 
 
+def _report_every(rows: int, config: FilterJobConfig) -> int:
+    """The report is drawn from every n-th row of each batch; 0 without a report."""
+    if not config.report:
+        return 0
+    from pipelines.report import sample_every
+
+    return sample_every(rows, _report_config(config))
+
+
+def _report_config(config: FilterJobConfig) -> ReportConfig:
+    from pipelines.report import ReportConfig
+
+    title = "Portrait quality filter: kept vs dropped"
+    return ReportConfig(title=title, group=config.rules.per, source_format=config.source_format)
+
+
 def _parquet_bytes(table: pa.Table) -> bytes:
     buffer = io.BytesIO()
     pq.write_table(table, buffer, compression="zstd")
     return buffer.getvalue()
-
-
-def _reason(exc: BaseException) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
 def _clear(uri: str, storage: Storage) -> None:

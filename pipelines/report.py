@@ -7,7 +7,8 @@ histogram, thumbnails at score percentiles (lowest, 10 %, median, 90 %, highest)
 boxes, counts by status with example errors, per-rule counts (filter reports), and a table per value of
 `ReportConfig.group` (when given), of num_faces and of shard, each column once. Thumbnails are re-read from
 the original sources (`pipelines.fetch`), five of them whatever the size of the score set; one that cannot
-be read shows why instead of failing the report.
+be read shows why instead of failing the report. A score set of more than `ReportConfig.max_rows` rows is
+drawn from an even sample of them (`sample_every`), and the page says so: no process holds all rows.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,8 +32,16 @@ from PIL import Image, ImageDraw  # noqa: E402
 
 from pipelines.fetch import SourceFormat, fetch_records  # noqa: E402
 from pipelines.filtering import DECIDED_BY, KEPT, NULL_GROUP, RULES  # noqa: E402
-from pipelines.scoreset import list_parquet, read_score_set, scoring_manifest, scoring_model  # noqa: E402
+from pipelines.scoreset import (  # noqa: E402
+    FILES_PER_TASK,
+    list_parquet,
+    read_footers,
+    read_sample,
+    scoring_manifest,
+    scoring_model,
+)
 from pipelines.storage import Storage  # noqa: E402
+from pipelines.tasks import map_tasks  # noqa: E402
 from piqa_model.errors import PiqaError  # noqa: E402
 from piqa_model.images import open_image  # noqa: E402
 
@@ -51,13 +61,26 @@ class ReportConfig:
     group: str | None = None  # a column to tabulate first, beside GROUP_TABLES
     thumbnail_size: int = 224  # longest side, pixels
     max_table_rows: int = 200  # per-column tables; the rest is counted, not listed
+    max_rows: int = 100_000  # rows the page is drawn from: a bigger score set is sampled evenly (`sample_every`)
     source_format: SourceFormat = field(default_factory=SourceFormat)
 
 
+def sample_every(rows: int, config: ReportConfig) -> int:
+    """Draw a page of `rows` rows from every n-th of them: at most about `config.max_rows`."""
+    return max(1, math.ceil(rows / config.max_rows))
+
+
 def build_report(
-    table: pa.Table, storage: Storage, config: ReportConfig, scores_uri: str, manifest: dict[str, Any]
+    table: pa.Table,
+    storage: Storage,
+    config: ReportConfig,
+    scores_uri: str,
+    manifest: dict[str, Any],
+    sampled_from: int | None = None,
 ) -> str:
     """The HTML page for a score table (with a `decided_by` column: a filter report, kept vs dropped).
+
+    `sampled_from`: the rows of the score set when `table` is a sample of it (the page says so).
 
     `manifest` is the scoring run's (`scoring_manifest`): an untrained model puts a warning on top (scores of
     random weights must not curate anything), and the page says which scale the scores are on.
@@ -76,6 +99,7 @@ def build_report(
         f"<h1>{_text(config.title)}</h1>",
         "" if model["model_trained"] else _UNTRAINED,
         _headline(table, scores_uri, filtered),
+        _sample_note(table.num_rows, sampled_from),
         f'<p id="scale">scores: {_text(model["score_scale"])}</p>',
         "<h2>Score distribution</h2>",
         f'<img id="histogram" alt="score histogram" src="{_data_uri(_histogram_png(scored, filtered), "image/png")}">',
@@ -98,12 +122,19 @@ def write_report(uri: str, page: str, storage: Storage) -> None:
     storage.write_atomic(uri, page.encode())
 
 
-def report_score_set(scores_uri: str, output_uri: str, config: ReportConfig, storage: Storage) -> pa.Table:
-    """Read the score set at `scores_uri`, write its page to `output_uri`; returns the scores it read."""
-    table = read_score_set(scores_uri, list_parquet(scores_uri, storage), storage)
+def report_score_set(scores_uri: str, output_uri: str, config: ReportConfig, storage: Storage) -> int:
+    """Write the page of the score set at `scores_uri` to `output_uri`, drawn from at most about
+    `config.max_rows` of its rows (read in this process's threads, a file at a time); returns its rows."""
+    files = list_parquet(scores_uri, storage)
+    chunks = [files[start : start + FILES_PER_TASK] for start in range(0, len(files), FILES_PER_TASK)]
+    rows = sum(
+        n for part in map_tasks(read_footers, chunks, use_ray=False, shared={"storage": storage}) for n, _ in part
+    )
+    shared = {"storage": storage, "every": sample_every(rows, config)}
+    table = pa.concat_tables(map_tasks(read_sample, chunks, use_ray=False, shared=shared), promote_options="default")
     manifest = scoring_manifest(scores_uri, storage)
-    write_report(output_uri, build_report(table, storage, config, scores_uri, manifest), storage)
-    return table
+    write_report(output_uri, build_report(table, storage, config, scores_uri, manifest, sampled_from=rows), storage)
+    return rows
 
 
 def _headline(table: pa.Table, scores_uri: str, filtered: bool) -> str:
@@ -117,6 +148,15 @@ def _headline(table: pa.Table, scores_uri: str, filtered: bool) -> str:
     models = sorted(m for m in table["model"].unique().to_pylist() if m) if "model" in table.column_names else []
     model_line = f" &middot; model {_text(', '.join(models))}" if models else ""
     return f'<p class="where">scores: {_text(scores_uri)}{model_line}</p><div id="facts">{cards}</div>'
+
+
+def _sample_note(drawn: int, rows: int | None) -> str:
+    if rows is None or rows <= drawn:
+        return ""
+    return (
+        f'<p id="sample">drawn from {drawn} of the {rows} rows, evenly spaced in each score file: the counts on '
+        "this page are the sample's</p>"
+    )
 
 
 def _histogram_png(scored: pa.Table, filtered: bool) -> bytes:

@@ -19,13 +19,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipelines.storage import Storage, StorageError
+from pipelines.storage import Storage, StorageError, reason
 from pipelines.writer import MANIFEST
 from piqa_model.calibration import RAW_SCALE
 from piqa_model.errors import PiqaError
 
 REQUIRED_COLUMNS = ("key", "source", "shard", "status", "score")
 FILES_PER_RAY_TASK = 64
+FILES_PER_TASK = 256  # of the tasks that read score files' footers or samples
 
 
 class ScoreSetError(PiqaError, ValueError):
@@ -72,13 +73,41 @@ def read_parquet_files(uris: list[str], storage: Storage) -> pa.Table:
     return pa.concat_tables(tables, promote_options="default")
 
 
+def read_footers(uris: list[str], *, storage: Storage) -> list[tuple[int, pa.Schema]]:
+    """Each score file's rows and columns, from its footer; a file without the score columns is an error."""
+    footers = []
+    for uri in uris:
+        fs, path = storage.filesystem(uri)
+        try:
+            with fs.open(path, "rb") as handle:
+                file = pq.ParquetFile(handle)
+                footers.append((file.metadata.num_rows, file.schema_arrow))
+        except Exception as exc:
+            raise ScoreSetError(f"{uri} is not a readable parquet file: {reason(exc)}") from None
+        _check_required(footers[-1][1].names, uri)
+    return footers
+
+
+def read_sample(uris: list[str], *, storage: Storage, every: int) -> pa.Table:
+    """Rows 0, every, 2 * every, ... of each score file (all of them for `every` 1), concatenated."""
+    tables = []
+    for uri in uris:
+        table = read_parquet_files([uri], storage)
+        tables.append(table.take(pa.array(range(0, table.num_rows, every))))
+    return pa.concat_tables(tables, promote_options="default")
+
+
 def read_score_set(uri: str, files: list[str], storage: Storage, use_ray: bool = False) -> pa.Table:
     """Every row of the score files `files` (from `list_parquet(uri)`); see the module docstring for the readers."""
     table = _read_with_ray(files, storage) if use_ray else read_parquet_files(files, storage)
-    missing = [name for name in REQUIRED_COLUMNS if name not in table.column_names]
+    _check_required(table.column_names, uri)
+    return table
+
+
+def _check_required(columns: list[str], uri: str) -> None:
+    missing = [name for name in REQUIRED_COLUMNS if name not in columns]
     if missing:
         raise ScoreSetError(f"{uri} does not look like `piqa score` output: no column(s) {', '.join(missing)}")
-    return table
 
 
 def _read_with_ray(files: list[str], storage: Storage) -> pa.Table:

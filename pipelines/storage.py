@@ -102,7 +102,7 @@ class Storage:
             fs, path = self.filesystem(probe)
             fs.rm_file(path)
         except Exception as exc:
-            raise StorageError(f"output {uri} is not writable: {_reason(exc)}") from None
+            raise StorageError(f"output {uri} is not writable: {reason(exc)}") from None
 
 
 def _is_local(fs: AbstractFileSystem) -> bool:
@@ -110,6 +110,7 @@ def _is_local(fs: AbstractFileSystem) -> bool:
     return protocol in ("file", "local")
 
 
-def _reason(exc: BaseException) -> str:
+def reason(exc: BaseException) -> str:
+    """An exception in one line, for an error message: its type and the first line of its text."""
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -35,7 +35,7 @@ def random_scores(rows: int, seed: int) -> pa.Table:
     """Score rows with ties (scores on a coarse grid), missing scores, null groups and uneven group sizes."""
     rng = random.Random(seed)
     records = []
-    for i in range(rows):
+    for _ in range(rows):
         broken = rng.random() < 0.1
         shard = f"s{min(int(rng.expovariate(0.4)), 9)}"
         records.append(
@@ -207,3 +207,20 @@ def test_score_stats_from_sketches_are_numpys_exactly(seed):
     assert (stats.p10, stats.median, stats.p90) == pytest.approx((p10, median, p90), abs=1e-6)
     assert stats.mean == pytest.approx(wide.mean(), abs=1e-6)
     assert ScoreStats.of(pa.array([], pa.float32())).count == 0
+
+
+def test_a_report_of_a_big_score_set_is_drawn_from_an_even_sample_and_says_so(tmp_path):
+    from pipelines.report import ReportConfig, report_score_set, sample_every
+
+    table = unique_rows(random_scores(700, 5))
+    write_files(table, tmp_path / "scores", files=7)
+    config = ReportConfig(max_rows=50)
+    every = sample_every(table.num_rows, config)
+    page = tmp_path / "report.html"
+
+    assert report_score_set(str(tmp_path / "scores"), str(page), config, Storage()) == table.num_rows
+
+    drawn = sum(math.ceil(pq.read_metadata(f).num_rows / every) for f in (tmp_path / "scores").glob("*.parquet"))
+    assert every == 14 and f'<p id="sample">drawn from {drawn} of the {table.num_rows} rows' in page.read_text()
+    report_score_set(str(tmp_path / "scores"), str(page), ReportConfig(), Storage())
+    assert 'id="sample"' not in page.read_text()

@@ -16,8 +16,8 @@ from pipelines.filtering import (
     decide,
     manifest,
 )
-from pipelines.summary import summarize
 from pipelines.scoreset import ScoreSetError, join_column, metadata_lookup
+from pipelines.summary import summarize
 from piqa_model import errors
 
 SCHEMA = pa.schema(
