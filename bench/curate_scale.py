@@ -5,12 +5,12 @@ Parquet file as `piqa score` writes one file per input shard, every row `ok` but
 are random, `liqe_scene` takes nine values (a few huge groups). They are made once and kept under
 bench/out/curate_scale/.
 
-For each size (`--rows`, millions) and rule kind, whole `piqa filter` commands run in their own process,
-with this checkout and with `--baseline` (a git worktree of that revision) in the same run; the fastest of `--repeats`
-runs counts. The peak resident memory of the command's process tree is sampled every 50 ms (the driver is the command's own process; any other
-is a worker). A rule kind's kept and dropped rows are compared, by content, between the two checkouts.
-Results in bench/out/curate_scale.json, with a line per rule kind extrapolating the driver's memory and the
-time to a billion rows from the measured slope.
+For each size (`--rows`, millions) and rule kind, whole `piqa filter` commands run in their own process, with
+this checkout and with `--baseline` (a git worktree of that revision) in the same run; the fastest of
+`--repeats` runs counts. The peak resident memory of the command's process tree is sampled every 50 ms (the
+driver is the command's own process; any other is a worker). A rule kind's kept and dropped rows are compared,
+by content, between the two checkouts. Results in bench/out/curate_scale.json, with a line per rule kind
+extrapolating the driver's memory and the time to a billion rows from the measured slope.
 
     python bench/curate_scale.py --rows 1 5 20
 """
@@ -164,7 +164,8 @@ def main() -> None:
                         if name == "baseline" and millions > args.baseline_max_rows:
                             continue
                         outs[name] = work / f"{name.replace(' ', '-')}-{millions}-{kind.replace(' ', '-')}"
-                        runs = [run_filter(checkout, scores, outs[name], RULES[kind] + args.extra) for _ in range(args.repeats)]
+                        rules = RULES[kind] + args.extra
+                        runs = [run_filter(checkout, scores, outs[name], rules) for _ in range(args.repeats)]
                         figures = min(runs, key=lambda figures: figures["seconds"])
                         run = {"code": name, "millions": millions, "rules": kind, **figures}
                         print(run, flush=True)

@@ -82,6 +82,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--shard-size", type=int, default=1000, help="samples per resharded tar (default: %(default)s)"
     )
     parser.add_argument(
+        "--block-rows",
+        type=int,
+        metavar="N",
+        help="the most score rows one task holds, and the rows of one manifest part (default: the job's, 250000)",
+    )
+    parser.add_argument(
         "--ray",
         action="store_true",
         help="read the score files with Ray Data tasks (always on for python -m jobs.filter)",
@@ -105,6 +111,7 @@ def cmd(args: argparse.Namespace) -> int:
         report=args.report,
         source_format=source_format_from_args(args),
         use_ray=args.ray,
+        **({"block_rows": args.block_rows} if args.block_rows else {}),
         s3_endpoint=args.s3_endpoint,
     )
     print("\n".join(run_filter(config).lines()))

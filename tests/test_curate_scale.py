@@ -224,3 +224,10 @@ def test_a_report_of_a_big_score_set_is_drawn_from_an_even_sample_and_says_so(tm
     assert every == 14 and f'<p id="sample">drawn from {drawn} of the {table.num_rows} rows' in page.read_text()
     report_score_set(str(tmp_path / "scores"), str(page), ReportConfig(), Storage())
     assert 'id="sample"' not in page.read_text()
+
+
+def test_the_cli_states_the_jobs_block_size():
+    from jobs import filter as filter_job
+    from pipelines.curate import BLOCK_ROWS
+
+    assert f"the job's, {BLOCK_ROWS})" in " ".join(filter_job.build_parser().format_help().split())
