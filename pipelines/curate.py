@@ -5,16 +5,18 @@ the optional resharding and the report's thumbnails read images again. No proces
 work is passes over batches of score files, each a function of one batch (`pipelines.tasks`: threads here, or
 Ray tasks with `use_ray`), and the driver keeps only sums: counts per group, score sketches, the cuts.
 
-1. count: rules 1-4 on every row; per group its eligible rows; the score sketches; a sample of eligible scores.
-   The files are then cut into batches of at most `block_rows` rows (a bigger file is a batch of its own).
-2. (fraction rules only) spill: each batch writes its eligible rows under `OUT/_work/`, one Parquet row group
-   per partition. A partition is whole groups of at most `block_rows` eligible rows in all, or a score range
-   of one bigger group, cut at its sample's quantiles (a range holds all the rows of one score: ties stay
-   together).
-3. (fraction rules only) cut: each partition ranks its rows and finds its groups' cut rows
-   (`filtering.cut_rows`); the driver joins them into one row per group (`filtering.cuts_from_rows`).
-4. decide: each batch decides its rows again (`filtering.apply_cuts` for the fraction rules) and writes its
-   manifest part; the driver sums the counts.
+0. footers: each score file's rows and columns (a `--per` column no file has fails here, before any work);
+   the files are cut into batches of at most `block_rows` rows (a bigger file is a batch of its own).
+1. count, per batch: rules 1-4; the score sketches; with fraction rules, the eligible rows spilled under
+   `OUT/_work/` in rank order, and their count per group.
+2. cut (fraction rules only): groups of at most `block_rows` eligible rows go, whole, into partitions of at most
+   that many rows; each partition ranks its rows and finds its groups' cut rows (`filtering.cut_rows`). A bigger
+   group's cuts are selected from its spilled rows in three scans, none holding the group: a histogram of the
+   scores' order finds the bucket of each cut's rank, a finer one the exact score, then the rows of that score
+   (ties) are ranked by key and source. The driver joins the cut rows into one row per group
+   (`filtering.cuts_from_rows`).
+3. decide, per batch: its rows decided again (`filtering.apply_cuts` for the fraction rules) and its manifest
+   parts written; the driver sums the counts.
 
 Under `output` (a folder or prefix), each file committed atomically:
 - `kept.parquet`: the kept rows, as `pipelines.filtering.MANIFEST_SCHEMA` plus the scoring model in its
@@ -33,7 +35,6 @@ from __future__ import annotations
 
 import io
 import json
-import math
 import posixpath
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -58,6 +59,7 @@ from pipelines.filtering import (
     check_columns,
     cut_rows,
     cuts_from_rows,
+    keep_counts,
     labelled,
     manifest,
     passing_candidates,
@@ -75,7 +77,17 @@ from pipelines.scoreset import (
     scoring_model,
 )
 from pipelines.storage import Storage, reason
-from pipelines.summary import FilterSummary, ScoreSketch, groups_table, merge_counts, rule_counts, summary_groups
+from pipelines.summary import (
+    BUCKET_SHIFT,
+    FilterSummary,
+    ScoreSketch,
+    from_order_keys,
+    groups_table,
+    merge_counts,
+    order_keys,
+    rule_counts,
+    summary_groups,
+)
 from pipelines.tasks import map_tasks
 from pipelines.writer import OUTPUT_SCHEMA
 from piqa_model.errors import ConfigError
@@ -88,10 +100,10 @@ KEPT_FILE, DROPPED_FILE, SUMMARY_FILE, REPORT_FILE = "kept.parquet", "dropped.pa
 GROUPS_FILE, PARTS_FILE, WORK = "groups.parquet", "_parts.json", "_work"
 PART_NAME = "part-{:06d}.parquet"
 BLOCK_ROWS = 250_000  # the most rows a task holds: a batch of score files, a partition of eligible rows
-SPILL_ROW_GROUP = 32_768  # spilled rows are read by group and score range: row groups small enough to skip
-SAMPLE_EVERY = 256  # of a batch's eligible rows, those at multiples of this are sampled for the partition cuts
+SPILL_ROW_GROUP = 4_096  # spilled rows are read by group and score range: row groups small enough to skip
+SPILLS_PER_TASK = 8  # spill files one selection task scans
+BUCKETS = 1 << BUCKET_SHIFT
 REPORT_COLUMNS = ("face_box",)
-_EMPTY_SAMPLE = pa.table({GROUP: pa.array([], pa.string()), "score": pa.array([], pa.float32())})
 
 
 @dataclass(frozen=True)
@@ -174,14 +186,12 @@ class _Counts:
     """Pass 1's sums: merged over batches."""
 
     sizes: list[pa.Table] = field(default_factory=list)  # (group, n) of eligible rows
-    samples: list[pa.Table] = field(default_factory=list)  # (group, score) of sampled eligible rows
     spills: list[str] = field(default_factory=list)  # the eligible rows, with fraction rules
     before: ScoreSketch = field(default_factory=ScoreSketch)  # every score
     eligible: ScoreSketch = field(default_factory=ScoreSketch)  # the scores of rows passing rules 1-4
 
     def merge(self, other: _Counts) -> None:
         self.sizes = [_sum_sizes([*self.sizes, *other.sizes])]
-        self.samples = [pa.concat_tables([_EMPTY_SAMPLE, *self.samples, *other.samples])]
         self.spills += other.spills
         self.before.merge(other.before)
         self.eligible.merge(other.eligible)
@@ -233,7 +243,6 @@ def _count(item: tuple[int, list[str]], *, reading: _Reading, work: str) -> _Cou
         rows = candidates(table, decided, reading.rules)
         rows = rows.take(pc.sort_indices(rows, RANK_ORDER))
         counts.sizes = [_sum_sizes([rows.group_by(GROUP).aggregate([([], "count_all")])])]
-        counts.samples = [rows.select([GROUP, "score"]).take(pa.array(np.arange(0, rows.num_rows, SAMPLE_EVERY)))]
         uri = posixpath.join(work, f"spill-{number:06d}.parquet")
         buffer = io.BytesIO()
         pq.write_table(rows, buffer, row_group_size=SPILL_ROW_GROUP)
@@ -269,44 +278,28 @@ def _batches(files: list[str], rows: list[int], block_rows: int) -> list[list[st
 @dataclass(frozen=True)
 class _Partition:
     where: pa.Expression  # its rows among the spilled ones
-    sizes: pa.Table  # (group, n) of its groups
-    split: int | None = None  # a score range of a split group: that group's position among the sorted groups
+    sizes: pa.Table  # (group, n, offset 0) of its groups
 
 
-def _plan(sizes: pa.Table, samples: pa.Table, block_rows: int) -> list[_Partition]:
-    """Partitions of the eligible rows: a filter on the spilled rows and its groups' (group, n).
-
-    Groups go in sorted order; a partition is a run of whole groups of at most `block_rows` rows in all, or one
-    score range of a bigger group (best first), cut at quantiles of its sampled scores.
-    """
+def _plan(sizes: pa.Table, block_rows: int) -> tuple[list[_Partition], pa.Table]:
+    """Runs of whole groups (in sorted order) of at most `block_rows` eligible rows in all, one partition each,
+    and the groups bigger than that, whose cuts `_select_cuts` finds."""
     sizes = sizes.take(pc.sort_indices(sizes, [(GROUP, "ascending")]))
+    n = sizes["n"].to_numpy()
     plan: list[_Partition] = []
-    run: list[int] = []
-    held = 0
-
-    def close_run() -> None:
-        if run:
-            groups = sizes.slice(run[0], len(run))
-            plan.append(_Partition(_groups_between(groups[GROUP]), groups))
-            run.clear()
-
-    for i, count in enumerate(sizes["n"].to_numpy()):
-        if count > block_rows:
-            close_run()
-            group = sizes[GROUP][i].as_py()
-            scores = _sampled_scores(samples, group)
-            pieces = math.ceil(count / block_rows)
-            cuts = np.unique(np.quantile(scores, np.arange(1, pieces) / pieces)) if scores.size else np.array([])
-            for score_range in _score_ranges(sorted(cuts.astype(np.float32).tolist(), reverse=True)):
-                plan.append(_Partition(_is_group(group) & score_range, sizes.slice(i, 1), split=i))
-            continue
-        if held + count > block_rows:
-            close_run()
-            held = 0
-        run.append(i)
+    start, held = 0, 0
+    for i, count in enumerate([*n[n <= block_rows], block_rows + 1]):
+        if held + count > block_rows and i > start:
+            groups = sizes.filter(pa.array(n <= block_rows)).slice(start, i - start)
+            plan.append(
+                _Partition(
+                    _groups_between(groups[GROUP]),
+                    groups.append_column("offset", pa.array(np.zeros(groups.num_rows, np.int64))),
+                )
+            )
+            start, held = i, 0
         held += count
-    close_run()
-    return plan
+    return plan, sizes.filter(pa.array(n > block_rows))
 
 
 def _is_group(group: str | None) -> pa.Expression:
@@ -324,66 +317,125 @@ def _groups_between(groups: pa.ChunkedArray) -> pa.Expression:
     return between
 
 
-def _score_ranges(cuts: list[float]) -> list[pa.Expression]:
-    """Filters for the score ranges between `cuts` (descending), best first: [c1, inf), [c2, c1), ...,
-    (-inf, c_last) with the rows without a score. Equal scores fall in one range."""
-    score = pc.field("score")
-    bounds = [pa.scalar(cut, pa.float32()) for cut in cuts]
-    if not bounds:
-        return [pc.scalar(True)]
-    ranges = [score >= bounds[0]]
-    ranges += [(score >= low) & (score < high) for high, low in zip(bounds, bounds[1:], strict=False)]
-    return ranges + [(score < bounds[-1]) | score.is_null()]
-
-
-def _sampled_scores(samples: pa.Table, group: str | None) -> np.ndarray:
-    mine = pc.is_null(samples[GROUP]) if group is None else pc.fill_null(pc.equal(samples[GROUP], group), False)
-    return pc.drop_null(samples["score"].filter(mine)).to_numpy(zero_copy_only=False)
-
-
-def _spilled(spills: list[str], where: pa.Expression, reading: _Reading, count_only: bool = False) -> Any:
+def _spilled(uris: list[str], where: pa.Expression, reading: _Reading, columns: list[str] | None = None) -> pa.Table:
+    """The spilled rows in `uris` that `where` selects (row groups whose statistics rule them out are skipped)."""
     import pyarrow.dataset  # imports pandas: only for runs with fraction rules
 
-    fs, _ = reading.storage.filesystem(spills[0])
-    dataset = pyarrow.dataset.dataset(
-        [reading.storage.filesystem(uri)[1] for uri in spills], format="parquet", filesystem=fs
-    )
-    if count_only:
-        return dataset.count_rows(filter=where)
-    return dataset.to_table(filter=where).cast(CANDIDATE_SCHEMA)
-
-
-def _count_range(where: pa.Expression, *, reading: _Reading, spills: list[str]) -> int:
-    """The spilled rows in one score range of a split group."""
-    return _spilled(spills, where, reading, count_only=True)
+    fs, _ = reading.storage.filesystem(uris[0])
+    paths = [reading.storage.filesystem(uri)[1] for uri in uris]
+    dataset = pyarrow.dataset.dataset(paths, format="parquet", filesystem=fs)
+    return dataset.to_table(columns=columns, filter=where)
 
 
 def _cut(item: tuple[pa.Expression, pa.Table], *, reading: _Reading, spills: list[str]) -> tuple[pa.Table, ScoreSketch]:
     """Pass 2 over one partition: its cut rows, and the sketch of the scores that pass the fraction rules."""
     where, sizes = item
-    rows = _spilled(spills, where, reading)
+    rows = _spilled(spills, where, reading).cast(CANDIDATE_SCHEMA)
     passing = ScoreSketch()
     passing.add(rows["score"].filter(pa.array(passing_candidates(rows, sizes, reading.rules))))
     return cut_rows(rows, sizes, reading.rules), passing
 
 
+def _scan(uris: list[str], *, reading: _Reading, filters: list[pa.Expression], level: str) -> list[Any]:
+    """Pass 2, selection: per filter, over some spill files, a histogram of the selected rows' score order keys
+    (`high`: by bucket, index 0 for rows without a score; `low`: the low bits within a bucket) or the rows."""
+    results = []
+    for where in filters:
+        rows = _spilled(uris, where, reading, columns=None if level == "rows" else ["score"])
+        if level == "rows":
+            results.append(rows.cast(CANDIDATE_SCHEMA))
+            continue
+        scores = rows["score"]
+        keys = order_keys(pc.drop_null(scores).to_numpy(zero_copy_only=False).astype(np.float32))
+        if level == "high":
+            histogram = np.bincount((keys >> BUCKET_SHIFT).astype(np.int64) + 1, minlength=BUCKETS + 1)
+            histogram[0] = scores.null_count
+        else:
+            histogram = np.bincount((keys & (BUCKETS - 1)).astype(np.int64), minlength=BUCKETS)
+        results.append(histogram)
+    return results
+
+
+def _select_cuts(
+    huge: pa.Table, reading: _Reading, spills: list[str], config: FilterJobConfig
+) -> tuple[pa.Table, ScoreSketch]:
+    """The cut rows of the groups too big for one task, selected in three scans of their spilled rows: which
+    bucket of the score order holds each cut's rank (by a histogram), which exact score in that bucket (by a
+    histogram of the rest of the bits), then the rows of that score, ranked by key and source. Also the buckets
+    of the scores that pass, for the summary."""
+    chunks = [spills[start : start + SPILLS_PER_TASK] for start in range(0, len(spills), SPILLS_PER_TASK)]
+
+    def scan(filters: list[pa.Expression], level: str) -> list[Any]:
+        shared = {"reading": reading, "filters": filters, "level": level}
+        merged: list[Any] = []
+        for parts in map_tasks(_scan, chunks, use_ray=config.use_ray, shared=shared):
+            merged = parts if not merged else [_merged(a, b) for a, b in zip(merged, parts, strict=True)]
+        return merged
+
+    groups, n = huge[GROUP].to_pylist(), huge["n"].to_numpy()
+    high = scan([_is_group(group) for group in groups], "high")
+    passing = ScoreSketch.of_buckets(np.zeros(BUCKETS, np.int64))
+    targets = []  # (rule, group position, rank of the cut row, rows above its bucket, its bucket)
+    for g in range(len(groups)):
+        keeps = {rule: int(k[0]) for rule, k in keep_counts(n[g : g + 1], config.rules).items() if k is not None}
+        for rule, keep in keeps.items():
+            if 0 < keep < n[g]:
+                targets.append((rule, g, keep - 1, *_bucket_of(high[g], keep - 1)))
+        passes = min(keeps.values())
+        if passes:
+            above, bucket = _bucket_of(high[g], passes - 1)
+            passing.buckets[bucket + 1 :] += high[g][bucket + 2 :]
+            if bucket >= 0:
+                passing.buckets[bucket] += passes - above
+    passing.count = int(passing.buckets.sum())
+    exact = []  # per target: rows above its exact score, and the filter for the rows of that score
+    with_score = [t for t in targets if t[4] >= 0]
+    lows = scan([_is_group(groups[g]) & _in_bucket(bucket) for _, g, _, _, bucket in with_score], "low")
+    for target, low in zip(with_score, lows, strict=True):
+        rule, g, rank, above, bucket = target
+        within, bits = _bucket_of(np.concatenate([[0], low]), rank - above)
+        value = float(from_order_keys(np.array([(bucket << BUCKET_SHIFT) | bits], np.uint32))[0])
+        exact.append(
+            (target, above + within, _is_group(groups[g]) & (pc.field("score") == pa.scalar(value, pa.float32())))
+        )
+    for target in targets:
+        if target[4] < 0:  # the cut is among the rows without a score
+            exact.append((target, target[3], _is_group(groups[target[1]]) & pc.field("score").is_null()))
+    found = [CANDIDATE_SCHEMA.empty_table().append_column("rule", pa.array([], pa.string()))]
+    for (target, above, _), rows in zip(exact, scan([where for _, _, where in exact], "rows"), strict=True):
+        rows = rows.take(pc.sort_indices(rows, [("key", "ascending"), ("source", "ascending")]))
+        found.append(rows.slice(target[2] - above, 1).append_column("rule", pa.array([target[0]], pa.string())))
+    return pa.concat_tables(found), passing
+
+
+def _bucket_of(histogram: np.ndarray, rank: int) -> tuple[int, int]:
+    """For a histogram whose last index ranks first (`_scan`'s): the rows in the buckets ranking above the one
+    holding `rank` (0-based), and that bucket, numbered so that index 0 of the histogram is -1."""
+    ends = np.cumsum(histogram[::-1])
+    from_top = int(np.searchsorted(ends, rank, "right"))
+    return (int(ends[from_top - 1]) if from_top else 0), len(histogram) - 2 - from_top
+
+
+def _in_bucket(bucket: int) -> pa.Expression:
+    low, high = from_order_keys(np.array([bucket << BUCKET_SHIFT, (bucket << BUCKET_SHIFT) | (BUCKETS - 1)], np.uint32))
+    return (pc.field("score") >= pa.scalar(low, pa.float32())) & (pc.field("score") <= pa.scalar(high, pa.float32()))
+
+
+def _merged(first: Any, second: Any) -> Any:
+    return first + second if isinstance(first, np.ndarray) else pa.concat_tables([first, second])
+
+
 def _cuts(counts: _Counts, reading: _Reading, config: FilterJobConfig) -> tuple[pa.Table, ScoreSketch]:
     """Pass 2: every group's cut rows (CUT_SCHEMA), and the sketch of the eligible scores that pass."""
     [sizes] = counts.sizes
-    plan = _plan(sizes, pa.concat_tables([_EMPTY_SAMPLE, *counts.samples]), config.block_rows)
-    shared = {"reading": reading, "spills": counts.spills}
-    ranges = [partition.where for partition in plan if partition.split is not None]
-    range_rows = map_tasks(_count_range, ranges, use_ray=config.use_ray, shared=shared)
-    items, above = [], {}  # split group -> its rows in the ranges so far
-    for partition in plan:
-        offset = 0
-        if partition.split is not None:
-            offset = above.get(partition.split, 0)
-            above[partition.split] = offset + next(range_rows)
-        offsets = pa.array([offset] * partition.sizes.num_rows, pa.int64())
-        items.append((partition.where, partition.sizes.append_column("offset", offsets)))
+    plan, huge = _plan(sizes, config.block_rows)
     found, passing = [cut_rows(CANDIDATE_SCHEMA.empty_table(), sizes, config.rules)], ScoreSketch()
-    for rows, sketch in map_tasks(_cut, items, use_ray=config.use_ray, shared=shared):
+    shared = {"reading": reading, "spills": counts.spills}
+    for rows, sketch in map_tasks(_cut, [(p.where, p.sizes) for p in plan], use_ray=config.use_ray, shared=shared):
+        found.append(rows)
+        passing.merge(sketch)
+    if huge.num_rows:
+        rows, sketch = _select_cuts(huge, reading, counts.spills, config)
         found.append(rows)
         passing.merge(sketch)
     return cuts_from_rows(sizes, pa.concat_tables(found), config.rules), passing
@@ -392,7 +444,7 @@ def _cuts(counts: _Counts, reading: _Reading, config: FilterJobConfig) -> tuple[
 def _decide_batch(
     item: tuple[int, list[str]], *, reading: _Reading, cuts: pa.Table | None, context: dict[str, Any]
 ) -> dict[str, Any]:
-    """Pass 4 over one batch: its rows decided, its manifest parts written, its counts and refined sketches."""
+    """Pass 3 over one batch: its rows decided, its manifest parts written, its counts and refined sketches."""
     number, uris = item
     table = canonical(reading.load(uris), reading.rules)
     decided = row_decisions(table, reading.rules)

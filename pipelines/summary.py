@@ -72,7 +72,7 @@ class ScoreSketch:
         values = np.asarray(pc.drop_null(scores).to_numpy(zero_copy_only=False), dtype=np.float32)
         if values.size == 0:
             return
-        keys = _order_keys(values)
+        keys = order_keys(values)
         self.count += int(values.size)
         self.total += float(values.astype(np.float64).sum())
         self.low, self.high = min(self.low, float(values.min())), max(self.high, float(values.max()))
@@ -111,7 +111,7 @@ class ScoreSketch:
             first = int(np.flatnonzero(in_bucket)[0])
             passed = within[first - 1] if first else 0
             at = first + int(np.searchsorted(within[in_bucket] - passed, i - before, "right"))
-            return float(_from_order_keys(keys[at : at + 1])[0])
+            return float(from_order_keys(keys[at : at + 1])[0])
 
         quantiles = []
         for q in QUANTILES:
@@ -119,9 +119,14 @@ class ScoreSketch:
             lower = value(math.floor(h))
             upper = value(min(math.floor(h) + 1, self.count - 1))
             quantiles.append(lower + (h - math.floor(h)) * (upper - lower))
-        mean = self.total / self.count
+        mean = refined.total / refined.count  # the refined sketch's sums: this one may hold only bucket counts
         p10, median, p90 = (round(q, 6) for q in quantiles)
-        return ScoreStats(self.count, round(mean, 6), round(self.low, 6), p10, median, p90, round(self.high, 6))
+        return ScoreStats(self.count, round(mean, 6), round(refined.low, 6), p10, median, p90, round(refined.high, 6))
+
+    @classmethod
+    def of_buckets(cls, buckets: np.ndarray) -> ScoreSketch:
+        """A sketch of scores known only by their bucket counts (enough for `refined()` and `stats`)."""
+        return cls(count=int(buckets.sum()), buckets=buckets.astype(np.int64))
 
     def _order_stats(self) -> set[int]:
         positions = set()
@@ -272,12 +277,12 @@ def _mask_equal(values: pa.ChunkedArray | pa.Array, text: str) -> np.ndarray:
     return pc.fill_null(pc.equal(values, text), False).to_numpy(zero_copy_only=False).astype(bool)
 
 
-def _order_keys(values: np.ndarray) -> np.ndarray:
+def order_keys(values: np.ndarray) -> np.ndarray:
     """float32 values as uint32 keys that sort in the same order."""
     bits = values.view(np.uint32)
     return np.where(bits >> 31 == 1, ~bits, bits | np.uint32(1 << 31)).astype(np.uint32)
 
 
-def _from_order_keys(keys: np.ndarray) -> np.ndarray:
+def from_order_keys(keys: np.ndarray) -> np.ndarray:
     bits = np.where(keys >> 31 == 1, keys & np.uint32(0x7FFFFFFF), ~keys).astype(np.uint32)
     return bits.view(np.float32)

@@ -231,3 +231,16 @@ def test_the_cli_states_the_jobs_block_size():
     from pipelines.curate import BLOCK_ROWS
 
     assert f"the job's, {BLOCK_ROWS})" in " ".join(filter_job.build_parser().format_help().split())
+
+
+def test_ray_tasks_decide_the_same_rows_and_write_the_same_bytes(tmp_path):
+    table = unique_rows(random_scores(400, 13))
+    write_files(table, tmp_path / "scores", files=5)
+    config = FilterConfig(bottom_fraction=0.2, top_fraction=0.5, per="liqe_scene")
+    payloads = []
+    for use_ray in (False, True):
+        out = tmp_path / f"out-{use_ray}"
+        job = FilterJobConfig(str(tmp_path / "scores"), str(out), config, use_ray=use_ray, block_rows=60)
+        run_filter(job)
+        payloads.append({p.name: p.read_bytes() for p in sorted((out / "kept.parquet").iterdir())})
+    assert len(payloads[0]) > 2 and payloads[0] == payloads[1]
