@@ -233,7 +233,7 @@ def test_the_cli_states_the_jobs_block_size():
     assert f"the job's, {BLOCK_ROWS})" in " ".join(filter_job.build_parser().format_help().split())
 
 
-def test_ray_tasks_decide_the_same_rows_and_write_the_same_bytes(tmp_path):
+def test_ray_tasks_decide_the_same_rows_and_write_the_same_bytes(ray_local, tmp_path):
     table = unique_rows(random_scores(400, 13))
     write_files(table, tmp_path / "scores", files=5)
     config = FilterConfig(bottom_fraction=0.2, top_fraction=0.5, per="liqe_scene")
