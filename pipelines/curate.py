@@ -166,12 +166,9 @@ class _Reading:
         return table
 
 
-def _columns_read(footers: list[tuple[int, pa.Schema]], config: FilterJobConfig) -> pa.Schema:
-    """The columns every batch reads, with the type some file gives each (LIQE's, from the writer's schema, when
-    no file has them). A `per` column no file has is an error, unless `--metadata` brings it."""
-    found: dict[str, pa.Field] = {}
-    for _, schema in footers:
-        found |= {field.name: field for field in schema if field.name not in found}
+def _columns_read(found: dict[str, pa.Field], config: FilterJobConfig) -> pa.Schema:
+    """The columns every batch reads, with the type the score files give each (LIQE's, from the writer's schema,
+    when no file has them). A `per` column no file has is an error, unless `--metadata` brings it."""
     if not config.metadata:
         check_columns(pa.schema(found.values()), config.rules)
     wanted = [*config.rules.columns, *(REPORT_COLUMNS if config.report else ())]
@@ -181,12 +178,32 @@ def _columns_read(footers: list[tuple[int, pa.Schema]], config: FilterJobConfig)
     return pa.schema([found.get(name) or OUTPUT_SCHEMA.field(name) for name in known])
 
 
+@dataclass(frozen=True)
+class _Spill:
+    """A spill file and the range of groups it holds, as `_group_order` keys."""
+
+    uri: str
+    first: tuple[int, str]
+    last: tuple[int, str]
+
+
+def _group_order(group: str | None) -> tuple[int, str]:
+    """A group's place in the sorted order of groups (null last)."""
+    return (1, "") if group is None else (0, group)
+
+
+def _holding(spills: list[_Spill], first: str | None, last: str | None) -> list[str]:
+    """The spill files that may hold rows of the groups from `first` to `last` (in sorted order)."""
+    low, high = _group_order(first), _group_order(last)
+    return [spill.uri for spill in spills if spill.first <= high and spill.last >= low]
+
+
 @dataclass
 class _Counts:
     """Pass 1's sums: merged over batches."""
 
     sizes: list[pa.Table] = field(default_factory=list)  # (group, n) of eligible rows
-    spills: list[str] = field(default_factory=list)  # the eligible rows, with fraction rules
+    spills: list[_Spill] = field(default_factory=list)  # the eligible rows, with fraction rules
     before: ScoreSketch = field(default_factory=ScoreSketch)  # every score
     eligible: ScoreSketch = field(default_factory=ScoreSketch)  # the scores of rows passing rules 1-4
 
@@ -207,13 +224,13 @@ def run_filter(config: FilterJobConfig) -> FilterOutcome:
         metadata = read_parquet_files(list_parquet(config.metadata, storage), storage)
         lookup = metadata_lookup(metadata, config.rules.per, config.metadata_key)
     chunks = [files[start : start + FILES_PER_TASK] for start in range(0, len(files), FILES_PER_TASK)]
-    footers = [
-        footer
-        for part in map_tasks(read_footers, chunks, use_ray=False, shared={"storage": storage})
-        for footer in part
-    ]
-    reading = _Reading(config.rules, storage, lookup, _columns_read(footers, config))
-    batches = _batches(files, [rows for rows, _ in footers], config.block_rows)
+    file_rows: list[int] = []
+    found: dict[str, pa.Field] = {}
+    for rows, columns in map_tasks(read_footers, chunks, use_ray=False, shared={"storage": storage}):
+        file_rows += rows
+        found |= {name: column for name, column in columns.items() if name not in found}
+    reading = _Reading(config.rules, storage, lookup, _columns_read(found, config))
+    batches = _batches(files, file_rows, config.block_rows)
     scoring = scoring_manifest(config.scores, storage)
     work = _join(config.output, WORK)
     try:
@@ -224,8 +241,7 @@ def run_filter(config: FilterJobConfig) -> FilterOutcome:
         cuts, after = None, counts.eligible
         if config.rules.uses_fractions:
             cuts, after = _cuts(counts, reading, config)
-        rows = sum(n for n, _ in footers)
-        outcome = _decide(batches, rows, reading, cuts, counts.before, after, scoring, config)
+        outcome = _decide(batches, sum(file_rows), reading, cuts, counts.before, after, scoring, config)
     finally:
         _clear(work, storage)
     return outcome
@@ -247,7 +263,9 @@ def _count(item: tuple[int, list[str]], *, reading: _Reading, work: str) -> _Cou
         buffer = io.BytesIO()
         pq.write_table(rows, buffer, row_group_size=SPILL_ROW_GROUP)
         reading.storage.write_atomic(uri, buffer.getvalue())
-        counts.spills.append(uri)
+        if rows.num_rows:
+            groups = rows[GROUP]
+            counts.spills.append(_Spill(uri, _group_order(groups[0].as_py()), _group_order(groups[-1].as_py())))
     return counts
 
 
@@ -327,9 +345,9 @@ def _spilled(uris: list[str], where: pa.Expression, reading: _Reading, columns: 
     return dataset.to_table(columns=columns, filter=where)
 
 
-def _cut(item: tuple[pa.Expression, pa.Table], *, reading: _Reading, spills: list[str]) -> tuple[pa.Table, ScoreSketch]:
+def _cut(item: tuple[pa.Expression, pa.Table, list[str]], *, reading: _Reading) -> tuple[pa.Table, ScoreSketch]:
     """Pass 2 over one partition: its cut rows, and the sketch of the scores that pass the fraction rules."""
-    where, sizes = item
+    where, sizes, spills = item
     rows = _spilled(spills, where, reading).cast(CANDIDATE_SCHEMA)
     passing = ScoreSketch()
     passing.add(rows["score"].filter(pa.array(passing_candidates(rows, sizes, reading.rules))))
@@ -430,12 +448,17 @@ def _cuts(counts: _Counts, reading: _Reading, config: FilterJobConfig) -> tuple[
     [sizes] = counts.sizes
     plan, huge = _plan(sizes, config.block_rows)
     found, passing = [cut_rows(CANDIDATE_SCHEMA.empty_table(), sizes, config.rules)], ScoreSketch()
-    shared = {"reading": reading, "spills": counts.spills}
-    for rows, sketch in map_tasks(_cut, [(p.where, p.sizes) for p in plan], use_ray=config.use_ray, shared=shared):
+    items = [
+        (p.where, p.sizes, _holding(counts.spills, p.sizes[GROUP][0].as_py(), p.sizes[GROUP][-1].as_py())) for p in plan
+    ]
+    for rows, sketch in map_tasks(_cut, items, use_ray=config.use_ray, shared={"reading": reading}):
         found.append(rows)
         passing.merge(sketch)
     if huge.num_rows:
-        rows, sketch = _select_cuts(huge, reading, counts.spills, config)
+        holding = dict.fromkeys(
+            uri for group in huge[GROUP].to_pylist() for uri in _holding(counts.spills, group, group)
+        )
+        rows, sketch = _select_cuts(huge, reading, list(holding), config)
         found.append(rows)
         passing.merge(sketch)
     return cuts_from_rows(sizes, pa.concat_tables(found), config.rules), passing

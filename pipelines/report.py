@@ -127,9 +127,8 @@ def report_score_set(scores_uri: str, output_uri: str, config: ReportConfig, sto
     `config.max_rows` of its rows (read in this process's threads, a file at a time); returns its rows."""
     files = list_parquet(scores_uri, storage)
     chunks = [files[start : start + FILES_PER_TASK] for start in range(0, len(files), FILES_PER_TASK)]
-    rows = sum(
-        n for part in map_tasks(read_footers, chunks, use_ray=False, shared={"storage": storage}) for n, _ in part
-    )
+    footers = map_tasks(read_footers, chunks, use_ray=False, shared={"storage": storage})
+    rows = sum(sum(file_rows) for file_rows, _ in footers)
     shared = {"storage": storage, "every": sample_every(rows, config)}
     table = pa.concat_tables(map_tasks(read_sample, chunks, use_ray=False, shared=shared), promote_options="default")
     manifest = scoring_manifest(scores_uri, storage)

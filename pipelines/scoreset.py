@@ -73,19 +73,23 @@ def read_parquet_files(uris: list[str], storage: Storage) -> pa.Table:
     return pa.concat_tables(tables, promote_options="default")
 
 
-def read_footers(uris: list[str], *, storage: Storage) -> list[tuple[int, pa.Schema]]:
-    """Each score file's rows and columns, from its footer; a file without the score columns is an error."""
-    footers = []
+def read_footers(uris: list[str], *, storage: Storage) -> tuple[list[int], dict[str, pa.Field]]:
+    """Each score file's rows, and the columns of them all (the first file's type of each), from their footers;
+    a file without the score columns is an error."""
+    rows: list[int] = []
+    columns: dict[str, pa.Field] = {}
     for uri in uris:
         fs, path = storage.filesystem(uri)
         try:
             with fs.open(path, "rb") as handle:
                 file = pq.ParquetFile(handle)
-                footers.append((file.metadata.num_rows, file.schema_arrow))
+                rows.append(file.metadata.num_rows)
+                schema = file.schema_arrow
         except Exception as exc:
             raise ScoreSetError(f"{uri} is not a readable parquet file: {reason(exc)}") from None
-        _check_required(footers[-1][1].names, uri)
-    return footers
+        _check_required(schema.names, uri)
+        columns |= {field.name: field for field in schema if field.name not in columns}
+    return rows, columns
 
 
 def read_sample(uris: list[str], *, storage: Storage, every: int) -> pa.Table:
