@@ -66,7 +66,7 @@ class ScoreSketch:
     low: float = math.inf
     high: float = -math.inf
     buckets: np.ndarray = field(default_factory=lambda: np.zeros(1 << (32 - BUCKET_SHIFT), np.int64))
-    exact: dict[int, int] = field(default_factory=dict)  # order key -> scores, for keys in `targets`
+    exact: dict[int, np.ndarray] = field(default_factory=dict)  # target bucket -> scores per low 16 bits of the key
 
     def add(self, scores: pa.ChunkedArray | pa.Array) -> None:
         values = np.asarray(pc.drop_null(scores).to_numpy(zero_copy_only=False), dtype=np.float32)
@@ -78,18 +78,18 @@ class ScoreSketch:
         self.low, self.high = min(self.low, float(values.min())), max(self.high, float(values.max()))
         ids, counts = np.unique(keys >> BUCKET_SHIFT, return_counts=True)
         self.buckets[ids] += counts
-        if self.targets:
-            chosen = keys[np.isin(keys >> BUCKET_SHIFT, np.array(sorted(self.targets), dtype=np.uint32))]
-            for key, n in zip(*np.unique(chosen, return_counts=True), strict=True):
-                self.exact[int(key)] = self.exact.get(int(key), 0) + int(n)
+        for bucket in self.targets:
+            low_bits = (keys[keys >> BUCKET_SHIFT == bucket] & ((1 << BUCKET_SHIFT) - 1)).astype(np.int64)
+            counts = np.bincount(low_bits, minlength=1 << BUCKET_SHIFT)
+            self.exact[bucket] = self.exact[bucket] + counts if bucket in self.exact else counts
 
     def merge(self, other: ScoreSketch) -> None:
         self.count += other.count
         self.total += other.total
         self.low, self.high = min(self.low, other.low), max(self.high, other.high)
         self.buckets += other.buckets
-        for key, n in other.exact.items():
-            self.exact[key] = self.exact.get(key, 0) + n
+        for bucket, counts in other.exact.items():
+            self.exact[bucket] = self.exact[bucket] + counts if bucket in self.exact else counts
 
     def refined(self) -> ScoreSketch:
         """An empty sketch that counts exact values in the buckets holding this one's percentiles."""
@@ -100,18 +100,13 @@ class ScoreSketch:
         """The exact ScoreStats, from this sketch and its `refined()` one, filled from the same scores."""
         if not self.count:
             return ScoreStats(0)
-        keys = np.array(sorted(refined.exact), dtype=np.uint32)
-        within = np.cumsum([refined.exact[int(key)] for key in keys])
         bucket_ends = np.cumsum(self.buckets)
 
         def value(i: int) -> float:
             bucket = int(np.searchsorted(bucket_ends, i, "right"))
             before = int(bucket_ends[bucket - 1]) if bucket else 0
-            in_bucket = keys >> BUCKET_SHIFT == bucket
-            first = int(np.flatnonzero(in_bucket)[0])
-            passed = within[first - 1] if first else 0
-            at = first + int(np.searchsorted(within[in_bucket] - passed, i - before, "right"))
-            return float(from_order_keys(keys[at : at + 1])[0])
+            low_bits = int(np.searchsorted(np.cumsum(refined.exact[bucket]), i - before, "right"))
+            return float(from_order_keys(np.array([(bucket << BUCKET_SHIFT) | low_bits], np.uint32))[0])
 
         quantiles = []
         for q in QUANTILES:
