@@ -16,7 +16,8 @@ import pyarrow as pa
 
 from pipelines import formats
 from pipelines.formats.base import Record, Shard, SourceFormat
-from pipelines.storage import Storage
+from pipelines.storage import Storage, StorageUnavailableError, reason
+from pipelines.tally import tell
 
 
 def read_records(shard: Shard, storage: Storage, image_column: str = "jpg", key_column: str = "key") -> list[Record]:
@@ -59,12 +60,17 @@ def read_units(shards: list[Shard], files_per_unit: int) -> list[dict[str, Any]]
 def read_shards(
     batch: dict[str, np.ndarray], *, storage: Storage, image_column: str, key_column: str, chunk_size: int
 ) -> Iterator[pa.Table]:
-    """Ray Data task: read units in (`read_units`), their records out in blocks of `chunk_size`."""
+    """Ray Data task: read units in (`read_units`), their records out in blocks of `chunk_size`. A unit that storage
+    keeps failing yields nothing: its shard is told to the storage's tally as failed, and stays uncommitted."""
     for shard_id, kind, source, files, first, total in zip(
         *(batch[name] for name in ("shard_id", "kind", "source", "files", "first", "total")), strict=True
     ):
         shard = Shard(str(shard_id), str(kind), str(source), tuple(str(f) for f in files))
-        records = read_records(shard, storage, image_column, key_column)
+        try:
+            records = read_records(shard, storage, image_column, key_column)
+        except StorageUnavailableError as exc:
+            tell(storage.tally, "failed", shard.shard_id, reason(exc))
+            continue
         shard_total = int(total) if total >= 0 else len(records)
         for start in range(0, len(records), chunk_size):
             chunk = records[start : start + chunk_size]

@@ -25,7 +25,8 @@ from pipelines.resume import JOB_RECORD, JobRecord, continue_job
 from pipelines.runtime import ensure_ray
 from pipelines.shards import Shard, list_shards
 from pipelines.stages import IMAGE_COLUMNS, INPUT_COLUMNS, OUTPUT_COLUMNS, Prepare, PrepareAndScore, Score
-from pipelines.storage import Storage
+from pipelines.storage import REQUEST_KINDS, Storage
+from pipelines.tally import Tally
 from pipelines.writer import (
     COMMITTER_ACTOR,
     MANIFEST,
@@ -48,8 +49,9 @@ class ScoringInterrupted(KeyboardInterrupt):
     stay: a rerun of the same command scores the rest)."""
 
 
-class IncompleteRunError(PiqaError, RuntimeError):
-    """The dataset ended with shards still missing rows (should never happen; rerun to resume)."""
+class ShardsFailedError(PiqaError, RuntimeError):
+    """Some shards could not be finished in this run (storage kept failing them); the others are committed, and a
+    rerun of the same command completes the rest."""
 
 
 @dataclass
@@ -65,6 +67,7 @@ class RunSummary:
     counts: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
     driver_cpu_seconds: float = 0.0  # the CPU this process spent while the stages ran (all of it, in-process)
+    retries: dict[str, int] = field(default_factory=dict)  # requests to storage sent again, by kind (list, get, ...)
 
     @property
     def images(self) -> int:
@@ -90,7 +93,7 @@ def run_scoring(config: ScoreConfig) -> RunSummary:
     an unreadable bundle, and (OutputMismatchError) on an output that holds another job's rows.
     """
     started = time.time()
-    storage = Storage.from_environment(config.s3_endpoint)
+    storage = dataclasses.replace(Storage.from_environment(config.s3_endpoint), tally=Tally())
     shards = list_shards(config.input, storage, config.shard_size)
     storage.check_writable(config.output)
     config = dataclasses.replace(config, bundle=_bundle_uri(config))  # once: what the driver checks, actors load
@@ -106,16 +109,20 @@ def run_scoring(config: ScoreConfig) -> RunSummary:
     clear_parts(config.output, storage)
     in_process = _runs_in_process(config, todo)
     driver_cpu = time.process_time()
-    counts = []
+    counts: dict[str, dict[str, int]] = {}
+    workers = storage  # what the stages and the committer reach storage with
     if todo:  # the stages start (and Ray with them) when called; the commits follow their receipts
         try:
-            receipts = _written_parts(todo, config, storage, model_config, model, in_process)
-            counts = _commit_shards(receipts, _write_options(config, storage, model_config), in_process)
+            workers = storage if in_process else _on_ray(storage)
+            receipts = _written_parts(todo, config, workers, model_config, model, in_process)
+            counts = _commit_shards(receipts, _write_options(config, workers, model_config), in_process)
         except KeyboardInterrupt:
             committed = len(_finished_shards(config.output, storage) & {shard.shard_id for shard in shards})
             raise ScoringInterrupted(
                 f"interrupted with {committed} of {len(shards)} shards committed ({len(done)} by an earlier run)"
             ) from None
+    retries, failures = _totals(storage, workers)
+    _check_all_committed(todo, counts, failures, len(shards))
     summary = RunSummary(
         output=config.output,
         model=model,
@@ -125,7 +132,8 @@ def run_scoring(config: ScoreConfig) -> RunSummary:
         shards_skipped=len(shards) - len(todo),
         shards_written=len(counts),
         runner=("in-process" if in_process else "ray") if todo else "nothing to do",
-        counts=dict(sum((Counter(shard) for shard in counts), Counter())),
+        counts=dict(sum((Counter(shard) for shard in counts.values()), Counter())),
+        retries=retries,
         seconds=time.time() - started,
         driver_cpu_seconds=time.process_time() - driver_cpu,
     )
@@ -133,9 +141,9 @@ def run_scoring(config: ScoreConfig) -> RunSummary:
     return summary
 
 
-def _commit_shards(receipts: Iterable[pa.Table], write: dict[str, Any], in_process: bool) -> list[dict[str, int]]:
+def _commit_shards(receipts: Iterable[pa.Table], write: dict[str, Any], in_process: bool) -> dict[str, dict[str, int]]:
     """Commit each shard once `receipts` show all its rows written (by a Ray actor, or here for a job run in this
-    process); the status counts of each committed shard."""
+    process); the status counts of each committed shard, by shard."""
     if in_process:
         commit = ShardCommitter(**write).commit
     else:
@@ -143,11 +151,43 @@ def _commit_shards(receipts: Iterable[pa.Table], write: dict[str, Any], in_proce
     ledger = ShardLedger(commit)
     for batch in receipts:
         ledger.add(batch)
-    if ledger.pending:
-        raise IncompleteRunError(f"shards left incomplete: {ledger.pending[:5]}; rerun to resume")
-    counts = ledger.commits if in_process else ray.get(ledger.commits)
-    clear_parts(write["output"], write["storage"])  # what committed shards leave behind (empty folders, on a disk)
+    shards = list(ledger.commits)
+    results = list(ledger.commits.values()) if in_process else ray.get(list(ledger.commits.values()))
+    counts = {shard: result for shard, result in zip(shards, results, strict=True) if result is not None}
+    if not ledger.pending and len(counts) == len(shards):  # what committed shards leave behind (empty folders)
+        clear_parts(write["output"], write["storage"])
     return counts
+
+
+def _on_ray(storage: Storage) -> Storage:
+    """`storage` as the job's Ray workers use it: started Ray, their retries and failures told to one actor."""
+    ensure_ray()
+    return dataclasses.replace(storage, tally=ray.remote(num_cpus=0)(Tally).remote())
+
+
+def _totals(driver: Storage, workers: Storage) -> tuple[dict[str, int], dict[str, str]]:
+    """Retries by request kind and failed shards of the driver's and the workers' tallies together."""
+    retries, failures = driver.tally.totals()
+    if workers.tally is not driver.tally:
+        more_retries, more_failures = ray.get(workers.tally.totals.remote())
+        retries = dict(Counter(retries) + Counter(more_retries))
+        failures = more_failures | failures
+    return retries, failures
+
+
+def _check_all_committed(
+    todo: list[Shard], counts: dict[str, dict[str, int]], failures: dict[str, str], total: int
+) -> None:
+    """Raise ShardsFailedError, naming the shards and why, unless every shard of `todo` was committed."""
+    missing = [shard.shard_id for shard in todo if shard.shard_id not in counts]
+    if not missing:
+        return
+    reasons = [f"{shard}: {failures.get(shard, 'not all of its rows came back')}" for shard in missing[:3]]
+    more = f"; and {len(missing) - 3} more" if len(missing) > 3 else ""
+    raise ShardsFailedError(
+        f"{len(missing)} of {total} shards were not written ({'; '.join(reasons)}{more}); the other "
+        f"{total - len(missing)} are committed: rerun the same command to complete them"
+    )
 
 
 def _written_parts(
@@ -159,11 +199,8 @@ def _written_parts(
     in_process: bool,
 ) -> Iterable[pa.Table]:
     """The receipts of the parts that the job's stages (on Ray, or in this process) write for `shards`."""
-    if in_process:
-        layout = in_process_layout(config, len(os.sched_getaffinity(0)))  # the cores this process may use
-    else:
-        ensure_ray()
-        layout = _cluster_layout(config)
+    # In process: the cores this process may use; on Ray (up since `_on_ray`), the cluster's.
+    layout = in_process_layout(config, len(os.sched_getaffinity(0))) if in_process else _cluster_layout(config)
     images = sum(len(shard.files) for shard in shards) if all(shard.files for shard in shards) else None
     layout = sized_for(layout, images)
     units = read_units(shards, layout.block_rows)
@@ -336,6 +373,8 @@ def _write_manifest(config: ScoreConfig, summary: RunSummary, storage: Storage) 
         "counts_this_run": summary.counts,
         "images_this_run": summary.images,
         "runner": summary.runner,
+        "storage_retries": {kind: summary.retries.get(kind, 0) for kind in REQUEST_KINDS},
+        "storage_attempts_per_request": storage.attempts,
         "seconds": round(summary.seconds, 3),
         "driver_cpu_seconds": round(summary.driver_cpu_seconds, 3),
         "images_per_second": round(summary.images_per_second, 3),

@@ -3,43 +3,79 @@
 The endpoint comes from `--s3-endpoint` or the standard `AWS_ENDPOINT_URL`; credentials from the
 standard AWS chain. `Storage` is a small picklable value, so Ray workers on other nodes rebuild the
 same filesystem from it.
+
+Every S3 request has one retry budget: `attempts` tries (the standard `AWS_MAX_ATTEMPTS`, else
+STORAGE_ATTEMPTS), spaced by botocore's standard mode (exponential backoff with jitter) on throttling,
+server errors and dropped connections; a body cut off mid-read is read again within the same budget.
+Each retry is told to the storage's `tally` (`pipelines.tally`). A request that fails all its attempts
+raises StorageUnavailableError; a missing object or a refused one raises at once.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import posixpath
+import random
 import shutil
+import time
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 import fsspec
 from fsspec import AbstractFileSystem
 
+from pipelines.tally import tell
 from piqa_model.errors import PiqaError
+
+STORAGE_ATTEMPTS = 5
+REQUEST_KINDS = ("list", "get", "put", "multipart", "other")  # how retries are counted
+_OPERATION_KINDS = {
+    "ListObjectsV2": "list",
+    "ListObjects": "list",
+    "ListBuckets": "list",
+    "GetObject": "get",
+    "HeadObject": "get",
+    "PutObject": "put",
+    "CreateMultipartUpload": "multipart",
+    "UploadPart": "multipart",
+    "CompleteMultipartUpload": "multipart",
+    "AbortMultipartUpload": "multipart",
+}
+PERMANENT_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
+"""Failures that another attempt would not change: the object is not there, or may not be read."""
 
 
 class StorageError(PiqaError, OSError):
     """An input or output location is missing, unreadable or unwritable."""
 
 
+class StorageUnavailableError(StorageError):
+    """Object storage failed a request on every attempt (throttled, server errors, dropped connections): a
+    transient fault, which a rerun may not meet."""
+
+
 @dataclass(frozen=True)
 class Storage:
-    """How to reach object storage: an optional S3 endpoint override (MinIO, Ceph, moto, ...)."""
+    """How to reach object storage: an optional S3 endpoint override (MinIO, Ceph, moto, ...), the attempts per
+    request, and the `Tally` (or its Ray actor) told of each retry."""
 
     s3_endpoint: str | None = None
+    attempts: int = STORAGE_ATTEMPTS
+    tally: Any = None
 
     @classmethod
     def from_environment(cls, s3_endpoint: str | None = None) -> Storage:
-        return cls(s3_endpoint or os.environ.get("AWS_ENDPOINT_URL") or None)
+        attempts = int(os.environ.get("AWS_MAX_ATTEMPTS") or STORAGE_ATTEMPTS)
+        return cls(s3_endpoint or os.environ.get("AWS_ENDPOINT_URL") or None, max(1, attempts))
 
     def filesystem(self, uri: str) -> tuple[AbstractFileSystem, str]:
         """(filesystem, path within it) for a URI or local path."""
-        options = {}
-        if uri.startswith(("s3://", "s3a://")) and self.s3_endpoint:
-            options["client_kwargs"] = {"endpoint_url": self.s3_endpoint}
-        fs, path = fsspec.core.url_to_fs(uri, **options)
-        return fs, path
+        if uri.startswith(("s3://", "s3a://")):
+            fs = _s3_filesystem(self.s3_endpoint, self.attempts, self.tally)
+            return fs, fs._strip_protocol(uri)
+        return fsspec.core.url_to_fs(uri)
 
     def uri(self, fs: AbstractFileSystem, path: str) -> str:
         """The URI a user would type for `path` on `fs`."""
@@ -55,8 +91,22 @@ class Storage:
         return [self.uri(fs, p) for p in paths if not posixpath.basename(p).startswith((".", "_"))]
 
     def read_bytes(self, uri: str) -> bytes:
+        """The object's bytes; FileNotFoundError (or another of PERMANENT_ERRORS) when it cannot be read at all,
+        StorageUnavailableError when every attempt failed."""
         fs, path = self.filesystem(uri)
-        return fs.cat_file(path)
+        for attempt in range(1, self.attempts + 1):
+            try:
+                return fs.cat_file(path)
+            except PERMANENT_ERRORS:
+                raise
+            except Exception as exc:
+                if attempt == self.attempts or not _cut_off(exc):  # other failures were retried below us
+                    raise StorageUnavailableError(
+                        f"cannot read {uri} ({self.attempts} attempts): {reason(exc)}"
+                    ) from exc
+                tell(self.tally, "retried", "get")
+                time.sleep(random.uniform(0, min(20.0, 2.0**attempt)))
+        raise AssertionError("unreachable")
 
     def write_atomic(self, uri: str, data: bytes) -> None:
         """Write so that no reader ever sees a partial object.
@@ -75,7 +125,12 @@ class Storage:
                 os.fsync(handle.fileno())
             os.replace(temporary, path)
         else:
-            fs.pipe_file(path, data)
+            try:
+                fs.pipe_file(path, data)
+            except PERMANENT_ERRORS:
+                raise
+            except Exception as exc:
+                raise StorageUnavailableError(f"cannot write {uri} ({self.attempts} attempts): {reason(exc)}") from exc
 
     def remove(self, uris: list[str], recursive: bool = False) -> None:
         """Delete `uris` (folders with all they hold, with `recursive`); one request on object stores. Local paths
@@ -105,12 +160,48 @@ class Storage:
             raise StorageError(f"output {uri} is not writable: {reason(exc)}") from None
 
 
+@functools.cache
+def _s3_filesystem(endpoint: str | None, attempts: int, tally: Any) -> AbstractFileSystem:
+    """One S3 filesystem per (endpoint, attempts, tally) in a process, its requests retried and counted."""
+    import s3fs
+    from aiobotocore.session import AioSession
+
+    class RetriedS3FileSystem(s3fs.S3FileSystem):
+        retries = 1  # s3fs would retry botocore's retries again: one budget, `attempts`, counted
+
+    session = AioSession()
+    session.register("request-created.s3", functools.partial(_count_retry, tally))
+    return RetriedS3FileSystem(
+        client_kwargs={"endpoint_url": endpoint} if endpoint else {},
+        config_kwargs={"retries": {"mode": "standard", "max_attempts": attempts}},
+        session=session,
+        max_concurrency=1,  # one GET per read: above 1, s3fs asks for the size first (a HEAD per image)
+    )
+
+
+def _count_retry(tally: Any, request: Any, event_name: str, **_: Any) -> None:
+    """botocore's `request-created` hook (once per attempt): tell `tally` of each attempt after the first."""
+    if request.context.get("retries", {}).get("attempt", 1) > 1:
+        tell(tally, "retried", _OPERATION_KINDS.get(event_name.rsplit(".", 1)[-1], "other"))
+
+
+def _cut_off(exc: BaseException) -> bool:
+    """A response body that ended early (the request itself succeeded, so botocore did not retry it)."""
+    from aiohttp import ClientPayloadError
+    from botocore.exceptions import IncompleteReadError, ResponseStreamingError
+
+    return isinstance(exc, ClientPayloadError | IncompleteReadError | ResponseStreamingError)
+
+
 def _is_local(fs: AbstractFileSystem) -> bool:
     protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
     return protocol in ("file", "local")
 
 
 def reason(exc: BaseException) -> str:
-    """An exception in one line, for an error message: its type and the first line of its text."""
+    """An exception in one line, for an error message: its type and the first line of its text (only the text for
+    our own errors, whose messages say what happened)."""
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    if isinstance(exc, PiqaError) and text:
+        return text
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -24,7 +24,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipelines.storage import Storage
+from pipelines.storage import Storage, reason
+from pipelines.tally import tell
 from piqa_model.record import LIQE_FIELDS, RECORD_SCHEMA
 
 OUTPUT_SCHEMA = pa.schema(
@@ -87,7 +88,11 @@ class PartWriter:
             starts, stops = _runs(indices)
             name = hashlib.sha256(indices.tobytes()).hexdigest()[:16]  # the same rows: the same part, rewritten
             uri = posixpath.join(self.output.rstrip("/"), PARTS, shard, f"{indices[0]:09d}-{name}.parquet")
-            self.storage.write_atomic(uri, _parquet_bytes(part))
+            try:
+                self.storage.write_atomic(uri, _parquet_bytes(part))
+            except OSError as exc:  # no receipt: the shard stays uncommitted, and the job names it
+                tell(self.storage.tally, "failed", shard, reason(exc))
+                continue
             total = int(of_shard["shard_total"][0].as_py())
             receipts.append(dict(shard=shard, shard_total=total, part=uri, starts=starts, stops=stops))
         return pa.Table.from_pylist(receipts, schema=RECEIPT_SCHEMA)
@@ -105,8 +110,16 @@ class ShardCommitter:
     def __init__(self, output: str, storage: Storage, with_liqe: bool) -> None:
         self.output, self.storage, self.schema = output, storage, output_schema(with_liqe)
 
-    def commit(self, shard: str, parts: list[str]) -> dict[str, int]:
-        """Write `shard`'s file from its `parts` and remove them; its rows' status counts."""
+    def commit(self, shard: str, parts: list[str]) -> dict[str, int] | None:
+        """Write `shard`'s file from its `parts` and remove them; its rows' status counts. None when storage failed
+        it (told to the storage's tally: the shard stays uncommitted, its parts are redone by a rerun)."""
+        try:
+            return self._commit(shard, parts)
+        except OSError as exc:
+            tell(self.storage.tally, "failed", shard, reason(exc))
+            return None
+
+    def _commit(self, shard: str, parts: list[str]) -> dict[str, int]:
         uri = shard_output_uri(self.output, shard)
         fs, path = self.storage.filesystem(uri)
         try:
@@ -140,7 +153,7 @@ class ShardLedger:
     commit: Callable[[str, list[str]], Any]
     covered: dict[str, np.ndarray] = field(default_factory=dict)  # shard -> which positions have a written row
     parts: dict[str, list[str]] = field(default_factory=dict)
-    commits: list[Any] = field(default_factory=list)
+    commits: dict[str, Any] = field(default_factory=dict)  # shard -> what its commit returned
 
     @property
     def pending(self) -> list[str]:
@@ -156,7 +169,7 @@ class ShardLedger:
             self.parts.setdefault(shard, []).append(receipt["part"])
             if covered.all():
                 del self.covered[shard]
-                self.commits.append(self.commit(shard, sorted(set(self.parts.pop(shard)))))
+                self.commits[shard] = self.commit(shard, sorted(set(self.parts.pop(shard))))
 
 
 def _runs(indices: np.ndarray) -> tuple[list[int], list[int]]:

@@ -42,7 +42,7 @@ def test_a_shard_commits_once_its_rows_are_all_written_even_from_overlapping_ret
     ledger.add(write_parts(scored("a", [3], 5)))
 
     assert ledger.pending == []
-    assert ledger.commits == [{"ok": 3}, {"ok": 5}]
+    assert ledger.commits == {"b": {"ok": 3}, "a": {"ok": 5}}
     table = pq.read_table(tmp_path / "out" / "a.parquet")
     assert table["key"].to_pylist() == [f"a/{i}" for i in range(5)]  # in shard order, no row twice
     assert table.schema.names == output_schema(with_liqe=False).names

@@ -16,7 +16,7 @@ from typing import Protocol
 
 from fsspec import AbstractFileSystem
 
-from pipelines.storage import Storage
+from pipelines.storage import PERMANENT_ERRORS, Storage
 
 IMAGE_EXTENSIONS = frozenset(
     {"jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "gif", "heic", "heif", "avif", "jxl", "jp2"}
@@ -69,7 +69,8 @@ class Format(Protocol):
         """The shards of `paths` (sorted, all recognised) found under the input `root`."""
 
     def read(self, shard: Shard, storage: Storage, options: SourceFormat) -> list[Record]:
-        """Every record of `shard`, in shard order; never raises for unreadable data."""
+        """Every record of `shard`, in shard order; never raises for unreadable data (a missing or refused file
+        is a record with its error), only StorageUnavailableError when storage keeps failing."""
 
     def source_shard(self, source: str) -> Shard:
         """The shard to re-read for score rows whose `source` is `source`."""
@@ -107,7 +108,7 @@ class ContainerFormat(ABC):
     def read(self, shard: Shard, storage: Storage, options: SourceFormat) -> list[Record]:
         try:
             payload = storage.read_bytes(shard.source)
-        except Exception as exc:
+        except PERMANENT_ERRORS as exc:  # gone or refused: a row says so; a transient fault fails the shard
             return [Record(shard.shard_id, shard.source, None, f"cannot read shard: {type(exc).__name__}: {exc}")]
         # An empty shard still makes one row: else it would never be committed, and every rerun would read it again.
         return list(self.records(payload, shard.source, options)) or [shard_error(shard.source, self.empty)]

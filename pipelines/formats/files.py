@@ -8,7 +8,7 @@ import posixpath
 from fsspec import AbstractFileSystem
 
 from pipelines.formats.base import Record, Shard, SourceFormat, image_extension
-from pipelines.storage import Storage
+from pipelines.storage import PERMANENT_ERRORS, Storage
 
 
 class FilesFormat:
@@ -40,5 +40,5 @@ def _read_file(uri: str, prefix: str, storage: Storage) -> Record:
     key = posixpath.relpath(uri, prefix) if uri.startswith(prefix) else uri
     try:
         return Record(key, uri, storage.read_bytes(uri))
-    except Exception as exc:
+    except PERMANENT_ERRORS as exc:
         return Record(key, uri, None, f"{type(exc).__name__}: {exc}")

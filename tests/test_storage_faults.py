@@ -1,0 +1,114 @@
+"""Scoring through object-storage faults: a proxy of our own (`faultproxy`) between the jobs and the moto server
+answers throttling and server errors, cuts connections and adds latency. Nothing may be lost or doubled; retries
+are bounded and counted in the run manifest; a shard that storage keeps failing is named, nothing partial of it is
+visible, and a rerun completes it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import warnings
+
+import pytest
+import s3fs
+from corpus import folder_corpus, parquet_corpus, tar_corpus
+from faultproxy import FAULTS, Fault, FaultProxy
+from pipeline_helpers import assert_rows_match, read_scores, score
+
+import piqa_model
+
+warnings.filterwarnings("ignore", category=piqa_model.UntrainedModelWarning)
+
+MIXED = [Fault(kind, fault, 0.1) for kind in ("list", "get", "put") for fault in FAULTS]
+"""A tenth of every kind of request meets each kind of fault (so 0.4 of them one fault or another)."""
+
+
+@pytest.fixture(scope="module")
+def proxy(s3_endpoint: str):
+    with FaultProxy(s3_endpoint, seed=21) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def moto(s3_endpoint: str) -> s3fs.S3FileSystem:
+    """The moto server itself, around the proxy: to set inputs up and look at outputs."""
+    fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": s3_endpoint})
+    fs.mkdir("faults")
+    return fs
+
+
+def upload(moto: s3fs.S3FileSystem, corpus_root, prefix: str) -> str:
+    moto.put(str(corpus_root), f"faults/{prefix}/in", recursive=True)
+    return f"s3://faults/{prefix}/in"
+
+
+@pytest.mark.usefixtures("ray_local")
+@pytest.mark.parametrize("make_corpus", [folder_corpus, tar_corpus, parquet_corpus])
+def test_scoring_through_faults_loses_and_doubles_nothing_and_counts_its_retries(
+    make_corpus, proxy, moto, shared_dir, tmp_path
+):
+    corpus = make_corpus(shared_dir, tmp_path / "in")
+    source = upload(moto, corpus.root, make_corpus.__name__)
+    out = f"s3://faults/{make_corpus.__name__}/out"
+    proxy.inject(*MIXED)
+
+    summary = score(source, out, shard_size=3, s3_endpoint=proxy.endpoint)
+
+    injected = dict(proxy.injected)
+    proxy.inject()
+    assert_rows_match(read_scores(out), corpus.expected)
+    assert summary.shards_written == summary.shards_total
+    manifest = json.loads(moto.cat_file(f"faults/{make_corpus.__name__}/out/_manifest.json"))
+    retries = sum(manifest["storage_retries"].values())
+    answered = sum(count for (_, fault), count in injected.items() if fault in ("slowdown", "error"))
+    assert answered > 0, injected  # the draw did put faults in this run
+    assert answered <= retries <= sum(injected.values()), (manifest["storage_retries"], injected)
+    assert not moto.exists(f"faults/{make_corpus.__name__}/out/_parts")
+
+
+def run_job(*args: str, endpoint: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, AWS_ENDPOINT_URL=endpoint, AWS_MAX_ATTEMPTS="2")
+    env.pop("RAY_ADDRESS", None)
+    command = [sys.executable, "-m", "jobs.score", *args, "--runner", "in-process", "--crop-mode", "center"]
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+
+
+@pytest.mark.parametrize(
+    ("fault", "failing", "stage"),
+    [
+        (Fault("get", "slowdown", 1.0, match="shard-001.tar"), "shard-001", "cannot read s3://faults/{}/in/shard-001"),
+        (Fault("put", "error", 1.0, match="_parts/shard-000/"), "shard-000", "cannot write s3://faults/{}/out/_parts/"),
+        (
+            Fault("put", "slowdown", 1.0, match="/out/shard-002.parquet"),
+            "shard-002",
+            "cannot write s3://faults/{}/out/shard-002.parquet (2 attempts): OSError: ",
+        ),
+    ],
+    ids=["read", "write", "commit"],
+)
+def test_a_shard_that_storage_keeps_failing_is_named_and_a_rerun_completes_it(
+    fault, failing, stage, proxy, moto, shared_dir, tmp_path
+):
+    corpus = tar_corpus(shared_dir, tmp_path / "in")
+    prefix = f"failing-{failing}"
+    source, out = upload(moto, corpus.root, prefix), f"s3://faults/{prefix}/out"
+    proxy.inject(fault)
+
+    failed = run_job(source, "--out", out, endpoint=proxy.endpoint)
+
+    proxy.inject()
+    assert failed.returncode == 1, failed.stderr[-2000:]
+    [line] = failed.stderr.strip().splitlines()  # one line, no traceback
+    said = f"python -m jobs.score: error: 1 of 3 shards were not written ({failing}: {stage.format(prefix)}"
+    assert line.startswith(said), line
+    assert line.endswith("the other 2 are committed: rerun the same command to complete them"), line
+    written = sorted(path.rsplit("/", 1)[-1] for path in moto.glob(f"faults/{prefix}/out/*.parquet"))
+    assert written == sorted({"shard-000.parquet", "shard-001.parquet", "shard-002.parquet"} - {f"{failing}.parquet"})
+    assert not moto.exists(f"faults/{prefix}/out/_manifest.json")  # the job is not complete
+
+    finished = run_job(source, "--out", out, endpoint=proxy.endpoint)
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    assert "1 shards written, 2 already done" in finished.stdout
+    assert_rows_match(read_scores(out), corpus.expected)
