@@ -19,6 +19,7 @@ import ray
 
 from pipelines.config import ScoreConfig
 from pipelines.layout import READ_TASK_CPUS, Layout, in_process_layout, plan_layout, sized_for
+from pipelines.lease import OutputLease
 from pipelines.plan import Stage, run_in_process, run_stages
 from pipelines.readers import read_shards, read_units
 from pipelines.resume import JOB_RECORD, JobRecord, continue_job
@@ -90,7 +91,8 @@ def run_scoring(config: ScoreConfig) -> RunSummary:
     """Score every unfinished shard of `config.input` into `config.output`; see the package docs.
 
     Fails before any work (StorageError, WeightsError) on a missing input, an unwritable output or
-    an unreadable bundle, and (OutputMismatchError) on an output that holds another job's rows.
+    an unreadable bundle, (OutputBusyError) on an output that another live run is writing, and
+    (OutputMismatchError) on an output that holds another job's rows.
     """
     started = time.time()
     storage = dataclasses.replace(Storage.from_environment(config.s3_endpoint), tally=Tally())
@@ -100,45 +102,46 @@ def run_scoring(config: ScoreConfig) -> RunSummary:
     bundle_config, info, model = inspect_bundle(config.bundle)
     warn_if_untrained(info)
     model_config = bundle_config.with_crop_mode(config.crop_mode)
-    if config.overwrite:
-        _clear_outputs(config.output, storage)
-    done = _finished_shards(config.output, storage)
-    continue_job(config.output, storage, JobRecord.describe(config, shards, model, model_config), done)
-    todo = [shard for shard in shards if shard.shard_id not in done]
+    with OutputLease(config.output, storage):  # one writer per output: a second run is refused
+        if config.overwrite:
+            _clear_outputs(config.output, storage)
+        done = _finished_shards(config.output, storage)
+        continue_job(config.output, storage, JobRecord.describe(config, shards, model, model_config), done)
+        todo = [shard for shard in shards if shard.shard_id not in done]
 
-    clear_parts(config.output, storage)
-    in_process = _runs_in_process(config, todo)
-    driver_cpu = time.process_time()
-    counts: dict[str, dict[str, int]] = {}
-    workers = storage  # what the stages and the committer reach storage with
-    if todo:  # the stages start (and Ray with them) when called; the commits follow their receipts
-        try:
-            workers = storage if in_process else _on_ray(storage)
-            receipts = _written_parts(todo, config, workers, model_config, model, in_process)
-            counts = _commit_shards(receipts, _write_options(config, workers, model_config), in_process)
-        except KeyboardInterrupt:
-            committed = len(_finished_shards(config.output, storage) & {shard.shard_id for shard in shards})
-            raise ScoringInterrupted(
-                f"interrupted with {committed} of {len(shards)} shards committed ({len(done)} by an earlier run)"
-            ) from None
-    retries, failures = _totals(storage, workers)
-    _check_all_committed(todo, counts, failures, len(shards))
-    summary = RunSummary(
-        output=config.output,
-        model=model,
-        model_trained=info.trained,
-        score_scale=describe_scale(info.scale),
-        shards_total=len(shards),
-        shards_skipped=len(shards) - len(todo),
-        shards_written=len(counts),
-        runner=("in-process" if in_process else "ray") if todo else "nothing to do",
-        counts=dict(sum((Counter(shard) for shard in counts.values()), Counter())),
-        retries=retries,
-        seconds=time.time() - started,
-        driver_cpu_seconds=time.process_time() - driver_cpu,
-    )
-    _write_manifest(config, summary, storage)
-    return summary
+        clear_parts(config.output, storage)
+        in_process = _runs_in_process(config, todo)
+        driver_cpu = time.process_time()
+        counts: dict[str, dict[str, int]] = {}
+        workers = storage  # what the stages and the committer reach storage with
+        if todo:  # the stages start (and Ray with them) when called; the commits follow their receipts
+            try:
+                workers = storage if in_process else _on_ray(storage)
+                receipts = _written_parts(todo, config, workers, model_config, model, in_process)
+                counts = _commit_shards(receipts, _write_options(config, workers, model_config), in_process)
+            except KeyboardInterrupt:
+                committed = len(_finished_shards(config.output, storage) & {shard.shard_id for shard in shards})
+                raise ScoringInterrupted(
+                    f"interrupted with {committed} of {len(shards)} shards committed ({len(done)} by an earlier run)"
+                ) from None
+        retries, failures = _totals(storage, workers)
+        _check_all_committed(todo, counts, failures, len(shards))
+        summary = RunSummary(
+            output=config.output,
+            model=model,
+            model_trained=info.trained,
+            score_scale=describe_scale(info.scale),
+            shards_total=len(shards),
+            shards_skipped=len(shards) - len(todo),
+            shards_written=len(counts),
+            runner=("in-process" if in_process else "ray") if todo else "nothing to do",
+            counts=dict(sum((Counter(shard) for shard in counts.values()), Counter())),
+            retries=retries,
+            seconds=time.time() - started,
+            driver_cpu_seconds=time.process_time() - driver_cpu,
+        )
+        _write_manifest(config, summary, storage)
+        return summary
 
 
 def _commit_shards(receipts: Iterable[pa.Table], write: dict[str, Any], in_process: bool) -> dict[str, dict[str, int]]:

@@ -132,6 +132,27 @@ class Storage:
             except Exception as exc:
                 raise StorageUnavailableError(f"cannot write {uri} ({self.attempts} attempts): {reason(exc)}") from exc
 
+    def create_exclusive(self, uri: str, data: bytes) -> bool:
+        """Write `uri` whole unless it exists (then False): one writer of many wins. Local files: a hard link of a
+        written temporary; object stores: a conditional PUT (If-None-Match)."""
+        fs, path = self.filesystem(uri)
+        try:
+            if not _is_local(fs):
+                fs.pipe_file(path, data, mode="create")
+                return True
+            directory = posixpath.dirname(path)
+            os.makedirs(directory, exist_ok=True)
+            temporary = posixpath.join(directory, f".{posixpath.basename(path)}.{uuid.uuid4().hex}.tmp")
+            with open(temporary, "wb") as handle:
+                handle.write(data)
+            try:
+                os.link(temporary, path)
+            finally:
+                os.remove(temporary)
+            return True
+        except FileExistsError:
+            return False
+
     def remove(self, uris: list[str], recursive: bool = False) -> None:
         """Delete `uris` (folders with all they hold, with `recursive`); one request on object stores. Local paths
         are removed directly: fsspec's local `rm` looks up the working directory, which a Ray worker's can lose
