@@ -157,7 +157,7 @@ class _Reading:
         paths = [self.storage.filesystem(uri)[1] for uri in uris]
         try:
             dataset = pyarrow.dataset.dataset(paths, schema=self.schema, format="parquet", filesystem=fs)
-            table = dataset.to_table()
+            table = self.storage.reading(dataset.to_table)
         except Exception as exc:
             raise ScoreSetError(f"cannot read the score files {uris[0]} ... {uris[-1]}: {reason(exc)}") from None
         if self.metadata is not None:
@@ -342,7 +342,7 @@ def _spilled(uris: list[str], where: pa.Expression, reading: _Reading, columns: 
     fs, _ = reading.storage.filesystem(uris[0])
     paths = [reading.storage.filesystem(uri)[1] for uri in uris]
     dataset = pyarrow.dataset.dataset(paths, format="parquet", filesystem=fs)
-    return dataset.to_table(columns=columns, filter=where)
+    return reading.storage.reading(lambda: dataset.to_table(columns=columns, filter=where))
 
 
 def _cut(item: tuple[pa.Expression, pa.Table, list[str]], *, reading: _Reading) -> tuple[pa.Table, ScoreSketch]:

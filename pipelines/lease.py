@@ -90,10 +90,13 @@ class OutputLease:
 
     def _renew(self) -> None:
         while not self._stop.wait(HEARTBEAT_SECONDS):
-            if self._held_by() != self.lease.run:  # taken over after we stalled past LEASE_SECONDS: leave it be
-                return
-            self.lease = replace(self.lease, heartbeat=time.time())
-            self.storage.write_atomic(self.uri, self._encoded())
+            try:
+                if self._held_by() != self.lease.run:  # taken over after we stalled past LEASE_SECONDS: leave it be
+                    return
+                self.lease = replace(self.lease, heartbeat=time.time())
+                self.storage.write_atomic(self.uri, self._encoded())
+            except OSError:  # a missed beat: the run itself meets the fault, and says so
+                continue
 
     def _busy(self, held: Lease | None, now: float) -> str:
         holder = held.describe(now) if held is not None else "a run that has just started"

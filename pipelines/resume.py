@@ -65,9 +65,9 @@ class JobRecord:
         gone = sorted(s for s in written if s not in current.shards)
         changed = sorted(s for s in written if s in current.shards and self.shards.get(s) != current.shards[s])
         if changed:
-            found.append(f"the input's files changed: shard {_few(changed)} would now hold other images")
+            found.append(f"the input's files changed: shard {few_names(changed)} would now hold other images")
         if gone:
-            found.append(f"shard {_few(gone)} is no longer in the input")
+            found.append(f"shard {few_names(gone)} is no longer in the input")
         return found
 
 
@@ -110,5 +110,6 @@ def _members_digest(shard: Shard) -> str:
     return hashlib.sha256("\n".join(members).encode()).hexdigest()[:16]
 
 
-def _few(names: list[str]) -> str:
+def few_names(names: list[str]) -> str:
+    """Up to three names, then how many more."""
     return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")

@@ -22,7 +22,7 @@ from pipelines.layout import READ_TASK_CPUS, Layout, in_process_layout, plan_lay
 from pipelines.lease import OutputLease
 from pipelines.plan import Stage, run_in_process, run_stages
 from pipelines.readers import read_shards, read_units
-from pipelines.resume import JOB_RECORD, JobRecord, continue_job
+from pipelines.resume import JOB_RECORD, JobRecord, continue_job, few_names
 from pipelines.runtime import ensure_ray
 from pipelines.shards import Shard, list_shards
 from pipelines.stages import IMAGE_COLUMNS, INPUT_COLUMNS, OUTPUT_COLUMNS, Prepare, PrepareAndScore, Score
@@ -185,10 +185,11 @@ def _check_all_committed(
     missing = [shard.shard_id for shard in todo if shard.shard_id not in counts]
     if not missing:
         return
-    reasons = [f"{shard}: {failures.get(shard, 'not all of its rows came back')}" for shard in missing[:3]]
-    more = f"; and {len(missing) - 3} more" if len(missing) > 3 else ""
+    first = missing[0]
+    also = f"; also {few_names(missing[1:])}" if missing[1:] else ""
     raise ShardsFailedError(
-        f"{len(missing)} of {total} shards were not written ({'; '.join(reasons)}{more}); the other "
+        f"{len(missing)} of {total} shards were not written ({first}: "
+        f"{failures.get(first, 'not all of its rows came back')}{also}); the other "
         f"{total - len(missing)} are committed: rerun the same command to complete them"
     )
 

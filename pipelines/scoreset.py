@@ -10,6 +10,7 @@ differ in columns, and the missing ones come back as nulls. Two readers give the
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import posixpath
@@ -18,6 +19,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from fsspec import AbstractFileSystem
 
 from pipelines.storage import Storage, StorageError, reason
 from pipelines.writer import MANIFEST
@@ -61,7 +63,7 @@ def read_parquet_files(uris: list[str], storage: Storage) -> pa.Table:
     fs, _ = storage.filesystem(uris[0])
     paths = [storage.filesystem(uri)[1] for uri in uris]
     try:
-        payloads = fs.cat(paths, on_error="raise")  # concurrent on object stores
+        payloads = storage.reading(lambda: fs.cat(paths, on_error="raise"))  # concurrent on object stores
     except Exception as exc:
         raise StorageError(f"cannot read {len(uris)} parquet files: {type(exc).__name__}: {exc}") from None
     tables = []
@@ -81,15 +83,19 @@ def read_footers(uris: list[str], *, storage: Storage) -> tuple[list[int], dict[
     for uri in uris:
         fs, path = storage.filesystem(uri)
         try:
-            with fs.open(path, "rb") as handle:
-                file = pq.ParquetFile(handle)
-                rows.append(file.metadata.num_rows)
-                schema = file.schema_arrow
+            num_rows, schema = storage.reading(functools.partial(_footer, fs, path))
+            rows.append(num_rows)
         except Exception as exc:
             raise ScoreSetError(f"{uri} is not a readable parquet file: {reason(exc)}") from None
         _check_required(schema.names, uri)
         columns |= {field.name: field for field in schema if field.name not in columns}
     return rows, columns
+
+
+def _footer(fs: AbstractFileSystem, path: str) -> tuple[int, pa.Schema]:
+    with fs.open(path, "rb") as handle:
+        file = pq.ParquetFile(handle)
+        return file.metadata.num_rows, file.schema_arrow
 
 
 def read_sample(uris: list[str], *, storage: Storage, every: int) -> pa.Table:
@@ -145,7 +151,7 @@ def scoring_manifest(uri: str, storage: Storage) -> dict[str, Any]:
     if not fs.isfile(path):
         return {}
     try:
-        document = json.loads(fs.cat_file(path))
+        document = json.loads(storage.read_bytes(posixpath.join(uri.rstrip("/"), MANIFEST)))
     except ValueError:  # not JSON: not a manifest of ours
         return {}
     return document if isinstance(document, dict) else {}

@@ -20,8 +20,9 @@ import random
 import shutil
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import fsspec
 from fsspec import AbstractFileSystem
@@ -29,6 +30,7 @@ from fsspec import AbstractFileSystem
 from pipelines.tally import tell
 from piqa_model.errors import PiqaError
 
+T = TypeVar("T")
 STORAGE_ATTEMPTS = 5
 REQUEST_KINDS = ("list", "get", "put", "multipart", "other")  # how retries are counted
 _OPERATION_KINDS = {
@@ -94,16 +96,22 @@ class Storage:
         """The object's bytes; FileNotFoundError (or another of PERMANENT_ERRORS) when it cannot be read at all,
         StorageUnavailableError when every attempt failed."""
         fs, path = self.filesystem(uri)
+        try:
+            return self.reading(lambda: fs.cat_file(path))
+        except PERMANENT_ERRORS:
+            raise
+        except Exception as exc:
+            raise StorageUnavailableError(f"cannot read {uri} ({self.attempts} attempts): {reason(exc)}") from exc
+
+    def reading(self, read: Callable[[], T]) -> T:
+        """`read()`, again when a response body was cut off midway (botocore retries requests, not the bodies
+        they stream), within the same budget of attempts, each retry counted."""
         for attempt in range(1, self.attempts + 1):
             try:
-                return fs.cat_file(path)
-            except PERMANENT_ERRORS:
-                raise
+                return read()
             except Exception as exc:
-                if attempt == self.attempts or not _cut_off(exc):  # other failures were retried below us
-                    raise StorageUnavailableError(
-                        f"cannot read {uri} ({self.attempts} attempts): {reason(exc)}"
-                    ) from exc
+                if attempt == self.attempts or not _cut_off(exc):
+                    raise
                 tell(self.tally, "retried", "get")
                 time.sleep(random.uniform(0, min(20.0, 2.0**attempt)))
         raise AssertionError("unreachable")
@@ -127,8 +135,8 @@ class Storage:
         else:
             try:
                 fs.pipe_file(path, data)
-            except PERMANENT_ERRORS:
-                raise
+            except PERMANENT_ERRORS as exc:  # its bucket is gone, or refuses us: no attempt would change that
+                raise StorageError(f"cannot write {uri}: {reason(exc)}") from exc
             except Exception as exc:
                 raise StorageUnavailableError(f"cannot write {uri} ({self.attempts} attempts): {reason(exc)}") from exc
 

@@ -7,17 +7,23 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import warnings
 
+import pyarrow.parquet as pq
 import pytest
 import s3fs
-from corpus import folder_corpus, parquet_corpus, tar_corpus
+from corpus import folder_corpus, parquet_corpus, portraits, tar_corpus
+from curation_corpus import webdataset_samples
 from faultproxy import FAULTS, Fault, FaultProxy
 from pipeline_helpers import assert_rows_match, read_scores, score
+from processes import wait_for
 
 import piqa_model
+from jobs import filter as filter_job
+from jobs.cli import run
 
 warnings.filterwarnings("ignore", category=piqa_model.UntrainedModelWarning)
 
@@ -112,3 +118,77 @@ def test_a_shard_that_storage_keeps_failing_is_named_and_a_rerun_completes_it(
     assert finished.returncode == 0, finished.stderr[-2000:]
     assert "1 shards written, 2 already done" in finished.stdout
     assert_rows_match(read_scores(out), corpus.expected)
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_filter_and_reshard_through_faults_write_what_a_run_without_them_writes(
+    proxy, moto, s3_endpoint, shared_dir, tmp_path
+):
+    corpus = tar_corpus(shared_dir, tmp_path / "in")
+    scores = "s3://faults/filter/scores"
+    score(upload(moto, corpus.root, "filter"), scores, shard_size=3)
+
+    def curate(out: str, endpoint: str) -> None:
+        argv = [scores, "--out", out, "--top-fraction", "0.5", "--emit-dropped", "--s3-endpoint", endpoint]
+        assert run([*argv, "--reshard-to", f"{out}/tars", "--shard-size", "2"], filter_job.build_parser) == 0
+
+    curate("s3://faults/filter/clean", s3_endpoint)
+    proxy.inject(*MIXED)
+    curate("s3://faults/filter/faulty", proxy.endpoint)
+    injected = dict(proxy.injected)
+    proxy.inject()
+
+    assert sum(injected.values()) > 0, injected
+    for name in ("kept.parquet", "dropped.parquet"):
+        clean, faulty = (pq.read_table(f"faults/filter/{run}/{name}", filesystem=moto) for run in ("clean", "faulty"))
+        assert faulty.equals(clean), name
+    tars = {run: sorted(moto.ls(f"faults/filter/{run}/tars")) for run in ("clean", "faulty")}
+    assert [path.rsplit("/", 1)[-1] for path in tars["faulty"]] == [path.rsplit("/", 1)[-1] for path in tars["clean"]]
+    for clean, faulty in zip(tars["clean"], tars["faulty"], strict=True):
+        assert webdataset_samples(moto.cat(faulty)) == webdataset_samples(moto.cat(clean))
+
+
+def test_an_output_bucket_that_vanishes_mid_run_fails_cleanly_and_a_rerun_completes(
+    moto, s3_endpoint, shared_dir, tmp_path, repo_root
+):
+    (tmp_path / "in").mkdir()
+    for path in portraits(shared_dir, 48):
+        (tmp_path / "in" / path.name).write_bytes(path.read_bytes())
+    moto.mkdir("vanishing")
+    out = "s3://vanishing/out"
+    command = [sys.executable, "-m", "jobs.score", str(tmp_path / "in"), "--out", out, "--shard-size", "4"]
+    command += ["--batch-size", "2", "--crop-mode", "center", "--runner", "in-process"]
+    env = dict(os.environ, AWS_ENDPOINT_URL=s3_endpoint, AWS_MAX_ATTEMPTS="2")
+    env.pop("RAY_ADDRESS", None)
+    job = subprocess.Popen(command, cwd=repo_root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(
+            lambda: bool(moto.glob("vanishing/out/*.parquet", refresh=True)) or job.poll() is not None, 120, "a shard"
+        )
+        assert job.poll() is None, "the job ended before its bucket went"
+        wait_for(lambda: _remove_bucket(moto, "vanishing"), 30, "the bucket to go")
+        _, stderr = job.communicate(timeout=300)
+    finally:
+        job.kill()
+    assert job.returncode == 1, stderr[-2000:]
+    [line] = stderr.strip().splitlines()
+    said = (
+        r"python -m jobs.score: error: \d+ of 12 shards were not written \(files-\d+: cannot write s3://vanishing/out/"
+    )
+    assert re.match(said, line), line
+    assert "rerun the same command to complete them" in line
+
+    moto.mkdir("vanishing")
+    finished = subprocess.run(command, cwd=repo_root, env=env, capture_output=True, text=True, timeout=300)
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    assert_rows_match(read_scores(out), {path.name: "ok" for path in portraits(shared_dir, 48)})
+
+
+def _remove_bucket(moto: s3fs.S3FileSystem, bucket: str) -> bool:
+    """Delete `bucket` with all it holds; False when a write landed in it meanwhile (try again)."""
+    try:
+        moto.rm(bucket, recursive=True)
+    except OSError:
+        return False
+    moto.invalidate_cache()
+    return not moto.exists(bucket)

@@ -156,4 +156,4 @@ def _read_cache(location: str, storage: Storage) -> pa.Table:
     fs, path = storage.filesystem(location)
     if not fs.exists(path):
         return CACHE_SCHEMA.empty_table()
-    return pq.read_table(io.BytesIO(fs.cat_file(path))).cast(CACHE_SCHEMA)
+    return pq.read_table(io.BytesIO(storage.read_bytes(location))).cast(CACHE_SCHEMA)
