@@ -17,11 +17,18 @@ import pyarrow as pa
 from pipelines import formats
 from pipelines.formats.base import Record, Shard, SourceFormat
 from pipelines.storage import Storage
+from piqa_model.options import DEFAULT_MAX_IMAGE_BYTES
 
 
-def read_records(shard: Shard, storage: Storage, image_column: str = "jpg", key_column: str = "key") -> list[Record]:
+def read_records(
+    shard: Shard,
+    storage: Storage,
+    image_column: str = "jpg",
+    key_column: str = "key",
+    max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
+) -> list[Record]:
     """Every record of `shard`, in shard order."""
-    return formats.get(shard.kind).read(shard, storage, SourceFormat(image_column, key_column))
+    return formats.get(shard.kind).read(shard, storage, SourceFormat(image_column, key_column, max_image_bytes))
 
 
 RECORD_SCHEMA = pa.schema(
@@ -57,14 +64,20 @@ def read_units(shards: list[Shard], files_per_unit: int) -> list[dict[str, Any]]
 
 
 def read_shards(
-    batch: dict[str, np.ndarray], *, storage: Storage, image_column: str, key_column: str, chunk_size: int
+    batch: dict[str, np.ndarray],
+    *,
+    storage: Storage,
+    image_column: str,
+    key_column: str,
+    chunk_size: int,
+    max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
 ) -> Iterator[pa.Table]:
     """Ray Data task: read units in (`read_units`), their records out in blocks of `chunk_size`."""
     for shard_id, kind, source, files, first, total in zip(
         *(batch[name] for name in ("shard_id", "kind", "source", "files", "first", "total")), strict=True
     ):
         shard = Shard(str(shard_id), str(kind), str(source), tuple(str(f) for f in files))
-        records = read_records(shard, storage, image_column, key_column)
+        records = read_records(shard, storage, image_column, key_column, max_image_bytes)
         shard_total = int(total) if total >= 0 else len(records)
         for start in range(0, len(records), chunk_size):
             chunk = records[start : start + chunk_size]

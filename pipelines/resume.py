@@ -45,6 +45,7 @@ class JobRecord:
             "detect_size": config.detect_size,
             "min_face_size": config.min_face_size,
             "max_pixels": config.max_pixels,
+            "max_image_bytes": config.max_image_bytes,
             "precision": config.precision,
         }
         for kind in dict.fromkeys(shard.kind for shard in shards):  # the settings that change what it reads

@@ -17,6 +17,7 @@ from typing import Protocol
 from fsspec import AbstractFileSystem
 
 from pipelines.storage import Storage
+from piqa_model.options import DEFAULT_MAX_IMAGE_BYTES
 
 IMAGE_EXTENSIONS = frozenset(
     {"jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "gif", "heic", "heif", "avif", "jxl", "jp2"}
@@ -41,10 +42,20 @@ class Record:
 
 @dataclass(frozen=True)
 class SourceFormat:
-    """How Parquet inputs hold their images (as given to `piqa score`); tars and files need nothing."""
+    """How inputs are read (as given to `piqa score`): where Parquet inputs hold their images, and the largest
+    encoded image any format turns into a record."""
 
     image_column: str = "jpg"
     key_column: str = "key"
+    max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES
+
+
+def oversize(size: int, options: SourceFormat) -> str | None:
+    """The error of an encoded image of `size` bytes above `options.max_image_bytes`, else None; container formats
+    check it from the size they record, before the bytes are copied."""
+    if size <= options.max_image_bytes:
+        return None
+    return f"image is {size} bytes, above the limit of {options.max_image_bytes} (max_image_bytes); not read"
 
 
 def image_extension(name: str) -> str | None:
