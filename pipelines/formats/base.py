@@ -121,7 +121,8 @@ class ContainerFormat(ABC):
         except Exception as exc:
             return [Record(shard.shard_id, shard.source, None, f"cannot read shard: {type(exc).__name__}: {exc}")]
         # An empty shard still makes one row: else it would never be committed, and every rerun would read it again.
-        return list(self.records(payload, shard.source, options)) or [shard_error(shard.source, self.empty)]
+        records = list(self.records(payload, shard.source, options)) or [shard_error(shard.source, self.empty)]
+        return _without_duplicate_keys(records)
 
     @abstractmethod
     def records(self, payload: bytes, source: str, options: SourceFormat) -> Iterator[Record]:
@@ -129,6 +130,18 @@ class ContainerFormat(ABC):
 
     def source_shard(self, source: str) -> Shard:
         return Shard(posixpath.basename(source), self.name, source)
+
+
+def _without_duplicate_keys(records: list[Record]) -> list[Record]:
+    """`records` with every repeat of an earlier record's key made an error record: a row stays per position, but
+    only the first of a key is scored, since a key is how its bytes are found again (`pipelines.fetch`)."""
+    first: dict[str, int] = {}
+    for position, record in enumerate(records):
+        seen = first.setdefault(record.key, position)
+        if seen != position:
+            message = f"duplicate key {record.key!r} in this shard (first at position {seen}); only the first is scored"
+            records[position] = Record(record.key, record.source, None, message)
+    return records
 
 
 def shard_error(source: str, message: str) -> Record:
