@@ -160,7 +160,10 @@ def test_a_parquet_cell_above_max_image_bytes_is_an_error_row_and_other_formats_
     assert records_of(tmp_path / "files", max_image_bytes=limit) == [("over.jpg", None, over)]
 
 
-def test_a_parquet_image_column_of_another_type_is_one_error_row(tmp_path):
+def test_a_parquet_image_column_is_any_binary_type_and_another_type_is_one_error_row(tmp_path):
+    for kind in (pa.large_binary(), pa.binary_view()):
+        pq.write_table(pa.table({"key": ["a"], "jpg": pa.array([b"x"], kind)}), tmp_path / "v.parquet")
+        assert records_of(tmp_path / "v.parquet", max_image_bytes=1) == [("a", b"x", None)]
     pq.write_table(pa.table({"key": ["a"], "jpg": [12345]}), tmp_path / "p.parquet")
     assert records_of(tmp_path / "p.parquet") == [
         ("p.parquet", None, "image column 'jpg' holds int64, not image bytes; set --image-column")

@@ -53,6 +53,8 @@ class ParquetFormat(ContainerFormat):
                 yield Record(key, source, None, f"corrupt parquet row group: {exc}")
                 return
             images = table.column(image_column)
+            if pa.types.is_binary_view(images.type):  # Arrow has no length kernel for views
+                images = images.cast(pa.large_binary())
             sizes = pc.binary_length(images).to_pylist()
             keys = table.column(key_column).to_pylist() if keyed else range(position, position + table.num_rows)
             for row, (key, size) in enumerate(zip(keys, sizes, strict=True)):
