@@ -67,6 +67,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="torch.compile the model in each scoring actor: faster on long GPU jobs, a compile per batch shape",
     )
     parser.add_argument("--max-pixels", type=int, help="larger images become too_large rows")
+    parser.add_argument("--max-image-bytes", type=int, help="larger encoded images become read_error rows, unread")
     parser.add_argument(
         "--decode",
         choices=get_args(DecodeMode),

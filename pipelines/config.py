@@ -36,6 +36,7 @@ class ScoreConfig:
     compile: bool = False  # torch.compile the model in each scoring actor (GPU jobs; a compile per batch shape)
     crop_mode: options.CropMode | None = None  # None: the bundle's own
     max_pixels: int = options.DEFAULT_MAX_PIXELS
+    max_image_bytes: int = options.DEFAULT_MAX_IMAGE_BYTES  # larger encoded images are read_error rows
     decode: options.DecodeMode = options.DEFAULT_DECODE
     runner: Runner = "auto"
 
@@ -50,6 +51,8 @@ class ScoreConfig:
             raise ConfigError("cpus_per_actor must be positive")
         if (self.batch_size is not None and self.batch_size < 1) or self.shard_size < 1:
             raise ConfigError("batch_size and shard_size must be at least 1")
+        if self.max_image_bytes < 1:
+            raise ConfigError(f"max_image_bytes must be at least 1, got {self.max_image_bytes}")
         if self.gpus_per_actor is not None and self.gpus_per_actor < 0:
             raise ConfigError("gpus_per_actor must not be negative")
         options.check_choice("precision", self.precision, options.Precision)

@@ -18,11 +18,18 @@ from pipelines import formats
 from pipelines.formats.base import Record, Shard, SourceFormat
 from pipelines.storage import Storage, StorageUnavailableError, reason
 from pipelines.tally import tell
+from piqa_model.options import DEFAULT_MAX_IMAGE_BYTES
 
 
-def read_records(shard: Shard, storage: Storage, image_column: str = "jpg", key_column: str = "key") -> list[Record]:
+def read_records(
+    shard: Shard,
+    storage: Storage,
+    image_column: str = "jpg",
+    key_column: str = "key",
+    max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
+) -> list[Record]:
     """Every record of `shard`, in shard order."""
-    return formats.get(shard.kind).read(shard, storage, SourceFormat(image_column, key_column))
+    return formats.get(shard.kind).read(shard, storage, SourceFormat(image_column, key_column, max_image_bytes))
 
 
 RECORD_SCHEMA = pa.schema(
@@ -58,7 +65,13 @@ def read_units(shards: list[Shard], files_per_unit: int) -> list[dict[str, Any]]
 
 
 def read_shards(
-    batch: dict[str, np.ndarray], *, storage: Storage, image_column: str, key_column: str, chunk_size: int
+    batch: dict[str, np.ndarray],
+    *,
+    storage: Storage,
+    image_column: str,
+    key_column: str,
+    chunk_size: int,
+    max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
 ) -> Iterator[pa.Table]:
     """Ray Data task: read units in (`read_units`), their records out in blocks of `chunk_size`. A unit that storage
     keeps failing yields nothing: its shard is told to the storage's tally as failed, and stays uncommitted."""
@@ -67,7 +80,7 @@ def read_shards(
     ):
         shard = Shard(str(shard_id), str(kind), str(source), tuple(str(f) for f in files))
         try:
-            records = read_records(shard, storage, image_column, key_column)
+            records = read_records(shard, storage, image_column, key_column, max_image_bytes)
         except StorageUnavailableError as exc:
             tell(storage.tally, "failed", shard.shard_id, reason(exc))
             continue

@@ -24,6 +24,8 @@ from piqa_model import ModelConfig
 from piqa_model.errors import PiqaError
 
 JOB_RECORD = "_job.json"
+NEWER_SETTINGS = frozenset({"max_image_bytes"})
+"""Settings that records written by an older version lack; such a record resumes with any value of them."""
 
 
 class OutputMismatchError(PiqaError, ValueError):
@@ -45,6 +47,7 @@ class JobRecord:
             "detect_size": config.detect_size,
             "min_face_size": config.min_face_size,
             "max_pixels": config.max_pixels,
+            "max_image_bytes": config.max_image_bytes,
             "precision": config.precision,
         }
         for kind in dict.fromkeys(shard.kind for shard in shards):  # the settings that change what it reads
@@ -57,6 +60,8 @@ class JobRecord:
         if self.model != current.model:
             found.append(f"model {self.model} -> {current.model}")
         for name in sorted(set(self.settings) | set(current.settings)):
+            if name in NEWER_SETTINGS and name not in self.settings:  # recorded before the setting existed
+                continue
             before, after = self.settings.get(name), current.settings.get(name)
             if before != after:
                 found.append(f"{name} {before} -> {after}")

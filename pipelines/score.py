@@ -329,7 +329,12 @@ def _bundle_uri(config: ScoreConfig) -> str:
 
 
 def _read_stage(config: ScoreConfig, storage: Storage, layout: Layout) -> Stage:
-    options = dict(image_column=config.image_column, key_column=config.key_column, chunk_size=layout.block_rows)
+    options = dict(
+        image_column=config.image_column,
+        key_column=config.key_column,
+        max_image_bytes=config.max_image_bytes,
+        chunk_size=layout.block_rows,
+    )
     return Stage("read", read_shards, dict(storage=storage, **options), batch_size=1, cpus=READ_TASK_CPUS)
 
 

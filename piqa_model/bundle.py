@@ -145,12 +145,8 @@ def read_bundle_files(files: dict[str, bytes]) -> tuple[DualBranchNet, BundleInf
     """`read_bundle` on bytes already in memory. Refuses weights that do not match the id in config.json."""
     config, info, recorded = _parse_config(files[CONFIG_FILE])
     loaded_id = bundle_id(files, info)
-    if recorded is not None and recorded != loaded_id:
-        raise WeightsError(
-            f"bundle '{info.name}': its weights do not match the id recorded in config.json (recorded {recorded}, "
-            f"the weights give {loaded_id}): {WEIGHTS_FILE} was changed or damaged after the bundle was saved; "
-            "restore it, or save the bundle again with save_bundle"
-        )
+    if recorded is not None:
+        _check_recorded_id(info, recorded, loaded_id)
     net = DualBranchNet(config)
     try:
         missing, unexpected = net.load_state_dict(load(files[WEIGHTS_FILE]), strict=False)
@@ -161,6 +157,16 @@ def read_bundle_files(files: dict[str, bytes]) -> tuple[DualBranchNet, BundleInf
             f"bundle weights do not match its config: missing {missing[:5]}, unexpected {unexpected[:5]}"
         )
     return net.eval(), info, loaded_id
+
+
+def _check_recorded_id(info: BundleInfo, recorded: str, loaded_id: str) -> None:
+    """Refuse weights whose hash (`loaded_id`) is not the id recorded in config.json."""
+    if recorded != loaded_id:
+        raise WeightsError(
+            f"bundle '{info.name}': its weights do not match the id recorded in config.json (recorded {recorded}, "
+            f"the weights give {loaded_id}): {WEIGHTS_FILE} was changed or damaged after the bundle was saved; "
+            "restore it, or save the bundle again with save_bundle"
+        )
 
 
 def bundle_id(files: dict[str, bytes], info: BundleInfo) -> str:
@@ -268,7 +274,8 @@ def local_bundle(uri: str | Path, expected_id: str) -> Path:
 
 
 def _copy_remote_bundle(fs: fsspec.AbstractFileSystem, root: str, uri: str | Path, target: Path, expected: str) -> None:
-    """Copy a bundle's config and weights into `target`, whole or not at all (staged, then renamed)."""
+    """Copy a bundle's config and weights into `target`, whole or not at all (staged, then renamed), and only once
+    the copied weights hash to the recorded id: weights changed in the bucket never enter the node's cache."""
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
         for name in (CONFIG_FILE, WEIGHTS_FILE):
@@ -278,9 +285,11 @@ def _copy_remote_bundle(fs: fsspec.AbstractFileSystem, root: str, uri: str | Pat
                 raise WeightsError(f"not a model bundle: {uri} has no {name}") from None
             except Exception as exc:
                 raise WeightsError(f"cannot copy bundle {uri}: {type(exc).__name__}: {exc}") from None
-        found = inspect_bundle(staging)[2]
+        _, info, found = inspect_bundle(staging)
         if found != expected:
             raise _changed(uri, expected, found)
+        with open(staging / WEIGHTS_FILE, "rb") as weights:
+            _check_recorded_id(info, found, _weights_id(weights, info))
         os.replace(staging, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -32,6 +32,11 @@ close-up portraits drops the finest pyramid levels and makes detection faster (B
 DEFAULT_MAX_PIXELS = 100_000_000
 """Refuse images above 100 megapixels: bigger than any camera photo, typical of decompression bombs."""
 
+DEFAULT_MAX_IMAGE_BYTES = 256 * 1024 * 1024
+"""Refuse an encoded image above 256 MiB (a tar member, a Parquet cell, an image file) as it is read, before its
+bytes become a record: a 100 MP camera JPEG is about 50 MB, so only uncompressed scans near `DEFAULT_MAX_PIXELS`
+come close, and one hostile cell never travels on to decoding."""
+
 
 def check_choice(name: str, value: Any, choices: Any) -> None:
     """Raise ConfigError unless `value` is one of the values of the `Literal` type `choices`."""

@@ -148,3 +148,21 @@ def test_an_s3_bundle_that_changed_is_not_cached(saved, s3_endpoint, tmp_path, m
     with pytest.raises(WeightsError, match="changed after the job checked it"):
         local_bundle("s3://changed/s", "s-000000000000")
     assert [p.name for p in (tmp_path / "cache" / "bundles").iterdir()] == [".s-000000000000.lock"]
+
+
+def test_an_s3_bundle_with_tampered_weights_is_refused_and_never_cached(saved, s3_endpoint, tmp_path, monkeypatch):
+    """config.json intact (the driver's check reads only it), one byte of the weights changed in the bucket."""
+    monkeypatch.setenv("PIQA_CACHE_DIR", str(tmp_path / "cache"))
+    weights = bytearray((saved[0] / WEIGHTS_FILE).read_bytes())
+    weights[-1] ^= 0xFF  # inside the last tensor's data: the header still parses
+    fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": s3_endpoint})
+    fs.mkdir("tampered")
+    fs.put(str(saved[0]), "tampered/s", recursive=True)
+    fs.pipe_file("tampered/s/model.safetensors", bytes(weights))
+    uri, expected = "s3://tampered/s", saved[1]
+    assert inspect_bundle(uri)[2] == expected
+    for load in (lambda: local_bundle(uri, expected), lambda: read_bundle(uri, expected)):
+        with pytest.raises(WeightsError, match="do not match the id recorded in config.json") as refused:
+            load()
+        assert "\n" not in str(refused.value)
+    assert [p.name for p in (tmp_path / "cache" / "bundles").iterdir()] == [f".{expected}.lock"]

@@ -63,6 +63,7 @@ def test_the_same_job_resumes_and_the_record_is_written_once(tmp_path, photos):
         (dict(decode="full"), "decode draft -> full"),
         (dict(precision="bf16"), "precision fp32 -> bf16"),
         (dict(max_pixels=1000), "max_pixels 100000000 -> 1000"),
+        (dict(max_image_bytes=1000), "max_image_bytes 268435456 -> 1000"),
         (dict(model_config=MODEL_CONFIG.with_crop_mode("center")), "crop_mode five -> center"),
     ],
 )
@@ -70,6 +71,15 @@ def test_a_rerun_with_other_settings_is_refused(tmp_path, photos, change, expect
     out, job = first_run(tmp_path, photos)
     message = refusal(out, record(photos, **change), {next(iter(job.shards))})
     assert expected in message
+
+
+def test_a_record_from_before_a_newer_setting_resumes(tmp_path, photos):
+    out, job = first_run(tmp_path, photos)
+    older = json.loads((tmp_path / "out" / JOB_RECORD).read_text())
+    del older["settings"]["max_image_bytes"]
+    (tmp_path / "out" / JOB_RECORD).write_text(json.dumps(older))
+    continue_job(out, Storage(), job, {next(iter(job.shards))})
+    assert json.loads((tmp_path / "out" / JOB_RECORD).read_text())["settings"]["max_image_bytes"] == 268435456
 
 
 def test_another_input_is_refused(tmp_path, photos):

@@ -17,6 +17,7 @@ from typing import Protocol
 from fsspec import AbstractFileSystem
 
 from pipelines.storage import PERMANENT_ERRORS, Storage
+from piqa_model.options import DEFAULT_MAX_IMAGE_BYTES
 
 IMAGE_EXTENSIONS = frozenset(
     {"jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "gif", "heic", "heif", "avif", "jxl", "jp2"}
@@ -41,10 +42,20 @@ class Record:
 
 @dataclass(frozen=True)
 class SourceFormat:
-    """How Parquet inputs hold their images (as given to `piqa score`); tars and files need nothing."""
+    """How inputs are read (as given to `piqa score`): where Parquet inputs hold their images, and the largest
+    encoded image any format turns into a record."""
 
     image_column: str = "jpg"
     key_column: str = "key"
+    max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES
+
+
+def oversize(size: int, options: SourceFormat) -> str | None:
+    """The error of an encoded image of `size` bytes above `options.max_image_bytes`, else None; container formats
+    check it from the size they record, before the bytes are copied."""
+    if size <= options.max_image_bytes:
+        return None
+    return f"image is {size} bytes, above the limit of {options.max_image_bytes} (max_image_bytes); not read"
 
 
 def image_extension(name: str) -> str | None:
@@ -111,7 +122,8 @@ class ContainerFormat(ABC):
         except PERMANENT_ERRORS as exc:  # gone or refused: a row says so; a transient fault fails the shard
             return [Record(shard.shard_id, shard.source, None, f"cannot read shard: {type(exc).__name__}: {exc}")]
         # An empty shard still makes one row: else it would never be committed, and every rerun would read it again.
-        return list(self.records(payload, shard.source, options)) or [shard_error(shard.source, self.empty)]
+        records = list(self.records(payload, shard.source, options)) or [shard_error(shard.source, self.empty)]
+        return _without_duplicate_keys(records)
 
     @abstractmethod
     def records(self, payload: bytes, source: str, options: SourceFormat) -> Iterator[Record]:
@@ -119,6 +131,18 @@ class ContainerFormat(ABC):
 
     def source_shard(self, source: str) -> Shard:
         return Shard(posixpath.basename(source), self.name, source)
+
+
+def _without_duplicate_keys(records: list[Record]) -> list[Record]:
+    """`records` with every repeat of an earlier record's key made an error record: a row stays per position, but
+    only the first of a key is scored, since a key is how its bytes are found again (`pipelines.fetch`)."""
+    first: dict[str, int] = {}
+    for position, record in enumerate(records):
+        seen = first.setdefault(record.key, position)
+        if seen != position:
+            message = f"duplicate key {record.key!r} in this shard (first at position {seen}); only the first is scored"
+            records[position] = Record(record.key, record.source, None, message)
+    return records
 
 
 def shard_error(source: str, message: str) -> Record:

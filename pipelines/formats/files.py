@@ -1,5 +1,6 @@
 """A folder/prefix of image files: sorted paths grouped into virtual shards of `shard_size` files; key = path
-relative to the input. Used only where the folder holds no container file."""
+relative to the input. Used only where the folder holds no container file. A file above `max_image_bytes` is an
+error row like an oversize tar member (its size is known once it is read: a listing does not carry it)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import posixpath
 
 from fsspec import AbstractFileSystem
 
-from pipelines.formats.base import Record, Shard, SourceFormat, image_extension
+from pipelines.formats.base import Record, Shard, SourceFormat, image_extension, oversize
 from pipelines.storage import PERMANENT_ERRORS, Storage
 
 
@@ -30,15 +31,17 @@ class FilesFormat:
         ]
 
     def read(self, shard: Shard, storage: Storage, options: SourceFormat) -> list[Record]:
-        return [_read_file(uri, shard.source, storage) for uri in shard.files]
+        return [_read_file(uri, shard.source, storage, options) for uri in shard.files]
 
     def source_shard(self, source: str) -> Shard:
         return Shard(posixpath.basename(source), self.name, posixpath.dirname(source), (source,))
 
 
-def _read_file(uri: str, prefix: str, storage: Storage) -> Record:
+def _read_file(uri: str, prefix: str, storage: Storage, options: SourceFormat) -> Record:
     key = posixpath.relpath(uri, prefix) if uri.startswith(prefix) else uri
     try:
-        return Record(key, uri, storage.read_bytes(uri))
+        data = storage.read_bytes(uri)
     except PERMANENT_ERRORS as exc:
         return Record(key, uri, None, f"{type(exc).__name__}: {exc}")
+    refused = oversize(len(data), options)
+    return Record(key, uri, data) if refused is None else Record(key, uri, None, refused)
