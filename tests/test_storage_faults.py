@@ -24,6 +24,7 @@ from processes import wait_for
 import piqa_model
 from jobs import filter as filter_job
 from jobs.cli import run
+from pipelines.score import ShardsFailedError
 
 warnings.filterwarnings("ignore", category=piqa_model.UntrainedModelWarning)
 
@@ -74,13 +75,6 @@ def test_scoring_through_faults_loses_and_doubles_nothing_and_counts_its_retries
     assert not moto.exists(f"faults/{make_corpus.__name__}/out/_parts")
 
 
-def run_job(*args: str, endpoint: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, AWS_ENDPOINT_URL=endpoint, AWS_MAX_ATTEMPTS="2")
-    env.pop("RAY_ADDRESS", None)
-    command = [sys.executable, "-m", "jobs.score", *args, "--runner", "in-process", "--crop-mode", "center"]
-    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
-
-
 @pytest.mark.parametrize(
     ("fault", "failing", "stage"),
     [
@@ -95,28 +89,28 @@ def run_job(*args: str, endpoint: str) -> subprocess.CompletedProcess:
     ids=["read", "write", "commit"],
 )
 def test_a_shard_that_storage_keeps_failing_is_named_and_a_rerun_completes_it(
-    fault, failing, stage, proxy, moto, shared_dir, tmp_path
+    fault, failing, stage, proxy, moto, shared_dir, tmp_path, monkeypatch
 ):
     corpus = tar_corpus(shared_dir, tmp_path / "in")
     prefix = f"failing-{failing}"
     source, out = upload(moto, corpus.root, prefix), f"s3://faults/{prefix}/out"
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "2")
+    job = dict(shard_size=3, s3_endpoint=proxy.endpoint, runner="in-process")
     proxy.inject(fault)
 
-    failed = run_job(source, "--out", out, endpoint=proxy.endpoint)
+    with pytest.raises(ShardsFailedError) as failed:
+        score(source, out, **job)
 
     proxy.inject()
-    assert failed.returncode == 1, failed.stderr[-2000:]
-    [line] = failed.stderr.strip().splitlines()  # one line, no traceback
-    said = f"python -m jobs.score: error: 1 of 3 shards were not written ({failing}: {stage.format(prefix)}"
-    assert line.startswith(said), line
-    assert line.endswith("the other 2 are committed: rerun the same command to complete them"), line
+    said = str(failed.value)
+    assert said.startswith(f"1 of 3 shards were not written ({failing}: {stage.format(prefix)}"), said
+    assert said.endswith("the other 2 are committed: rerun the same command to complete them"), said
     written = sorted(path.rsplit("/", 1)[-1] for path in moto.glob(f"faults/{prefix}/out/*.parquet"))
     assert written == sorted({"shard-000.parquet", "shard-001.parquet", "shard-002.parquet"} - {f"{failing}.parquet"})
     assert not moto.exists(f"faults/{prefix}/out/_manifest.json")  # the job is not complete
 
-    finished = run_job(source, "--out", out, endpoint=proxy.endpoint)
-    assert finished.returncode == 0, finished.stderr[-2000:]
-    assert "1 shards written, 2 already done" in finished.stdout
+    finished = score(source, out, **job)
+    assert (finished.shards_written, finished.shards_skipped) == (1, 2)
     assert_rows_match(read_scores(out), corpus.expected)
 
 
