@@ -7,11 +7,12 @@ entrypoint, so `jobs.cli` can import the subcommand modules at the top.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import signal
 import sys
 import threading
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import MISSING, fields
 from typing import TYPE_CHECKING, Any
 
@@ -118,7 +119,11 @@ def run(argv: Sequence[str] | None, parser_factory: Callable[[], argparse.Argume
     bug and keeps its traceback.
     """
     apply_local_hygiene()
-    _stop_on_sigterm()
+    with _stop_on_sigterm():
+        return _run(argv, parser_factory)
+
+
+def _run(argv: Sequence[str] | None, parser_factory: Callable[[], argparse.ArgumentParser]) -> int:
     parser = parser_factory()
     try:
         args = parser.parse_args(argv)
@@ -137,12 +142,19 @@ def run(argv: Sequence[str] | None, parser_factory: Callable[[], argparse.Argume
         return 130
 
 
-def _stop_on_sigterm() -> None:
-    """SIGTERM (a preempted pod, `kill`, `ray job stop`) stops a command as Ctrl-C does: the job ends between
-    two steps, says so, and exits non-zero. `pipelines.runtime.ensure_ray` keeps this handler (Ray's driver
-    would replace it with a bare exit)."""
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, signal.default_int_handler)
+@contextlib.contextmanager
+def _stop_on_sigterm() -> Iterator[None]:
+    """While a command runs, SIGTERM (a preempted pod, `kill`, `ray job stop`) stops it as Ctrl-C does: the job
+    ends between two steps, says so, and exits non-zero; the caller's handler is back afterwards.
+    `pipelines.runtime.ensure_ray` keeps this handler (Ray's driver would replace it with a bare exit)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _ignore_further_signals() -> None:

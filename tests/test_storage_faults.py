@@ -25,6 +25,8 @@ import piqa_model
 from jobs import filter as filter_job
 from jobs.cli import run
 from pipelines.score import ShardsFailedError
+from pipelines.storage import Storage
+from training.retrain import train_storage
 
 warnings.filterwarnings("ignore", category=piqa_model.UntrainedModelWarning)
 
@@ -186,3 +188,19 @@ def _remove_bucket(moto: s3fs.S3FileSystem, bucket: str) -> bool:
         return False
     moto.invalidate_cache()
     return not moto.exists(bucket)
+
+
+def test_retraining_writes_its_checkpoints_through_faults(proxy, moto, monkeypatch):
+    """Ray Train writes checkpoints with the pyarrow filesystem `train_storage` gives it: the jobs' attempts."""
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "6")
+    path, filesystem = train_storage("s3://faults/train-runs", Storage.from_environment(proxy.endpoint))
+    checkpoint = os.urandom(1 << 20)
+    proxy.inject(*(Fault(kind, fault, 0.3) for kind in ("get", "put", "multipart") for fault in ("slowdown", "error")))
+    for number in range(2):
+        with filesystem.open_output_stream(f"{path}/checkpoint_{number:06d}/model.pt") as stream:
+            stream.write(checkpoint)
+    read = [filesystem.open_input_file(f"{path}/checkpoint_{n:06d}/model.pt").read() for n in range(2)]
+    injected = sum(proxy.injected.values())
+    proxy.inject()
+    assert injected > 0
+    assert all(data == checkpoint for data in read)

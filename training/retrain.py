@@ -178,7 +178,7 @@ def _fit(config: TrainConfig, inputs: LoopInputs, run_name: str) -> str:
 
     from pipelines.runtime import ray_log_level
 
-    storage_path, filesystem = _train_storage(config)
+    storage_path, filesystem = train_storage(config.storage_path, Storage.from_environment(config.s3_endpoint))
     resources = {"CPU": config.cpus_per_worker} | ({"GPU": 1} if config.use_gpu else {})
     trainer = TorchTrainer(
         train_loop_per_worker,
@@ -202,20 +202,23 @@ def _fit(config: TrainConfig, inputs: LoopInputs, run_name: str) -> str:
     return result.checkpoint.to_directory(directory)
 
 
-def _train_storage(config: TrainConfig):
-    """Ray Train's (storage_path, storage_filesystem): absolute local paths; an S3-compatible endpoint spelt out."""
-    path = config.storage_path
+def train_storage(path: str, storage: Storage) -> tuple[str, Any]:
+    """Ray Train's (storage_path, storage_filesystem) for `path`: absolute local paths; on an S3-compatible endpoint,
+    a pyarrow filesystem that spells it out, with the jobs' attempts per request."""
     if "://" not in path:
         return str(Path(path).resolve()), None
-    endpoint = Storage.from_environment(config.s3_endpoint).s3_endpoint
-    if not path.startswith("s3://") or not endpoint:
+    if not path.startswith("s3://") or not storage.s3_endpoint:
         return path, None
     from urllib.parse import urlparse
 
     import pyarrow.fs
 
-    parsed = urlparse(endpoint)
-    filesystem = pyarrow.fs.S3FileSystem(endpoint_override=parsed.netloc, scheme=parsed.scheme or "https")
+    parsed = urlparse(storage.s3_endpoint)
+    filesystem = pyarrow.fs.S3FileSystem(
+        endpoint_override=parsed.netloc,
+        scheme=parsed.scheme or "https",
+        retry_strategy=pyarrow.fs.AwsStandardS3RetryStrategy(max_attempts=storage.attempts),  # the jobs' budget
+    )
     return path.removeprefix("s3://"), filesystem
 
 
