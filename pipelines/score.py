@@ -124,6 +124,7 @@ def run_scoring(config: ScoreConfig) -> RunSummary:
                 raise ScoringInterrupted(
                     f"interrupted with {committed} of {len(shards)} shards committed ({len(done)} by an earlier run)"
                 ) from None
+        finished = sorted(_finished_shards(config.output, storage))  # before the tallies are added up: its retries too
         retries, failures = _totals(storage, workers)
         _check_all_committed(todo, counts, failures, len(shards))
         summary = RunSummary(
@@ -140,7 +141,7 @@ def run_scoring(config: ScoreConfig) -> RunSummary:
             seconds=time.time() - started,
             driver_cpu_seconds=time.process_time() - driver_cpu,
         )
-        _write_manifest(config, summary, storage)
+        _write_manifest(config, summary, finished, storage)
         return summary
 
 
@@ -366,7 +367,9 @@ def _clear_outputs(output: str, storage: Storage) -> None:
         fs.rm_file(path)
 
 
-def _write_manifest(config: ScoreConfig, summary: RunSummary, storage: Storage) -> None:
+def _write_manifest(config: ScoreConfig, summary: RunSummary, finished: list[str], storage: Storage) -> None:
+    """`_manifest.json`: the run's summary and every shard file the output holds (`finished`). Its retries are
+    those of every request before it; its own write's, and the lease's release, come after."""
     document: dict[str, Any] = {
         "input": config.input,
         "output": config.output,
@@ -388,6 +391,6 @@ def _write_manifest(config: ScoreConfig, summary: RunSummary, storage: Storage) 
         "driver_cpu_seconds": round(summary.driver_cpu_seconds, 3),
         "images_per_second": round(summary.images_per_second, 3),
         "finished_at": datetime.now(UTC).isoformat(),
-        "shard_files": [shard_output_uri(config.output, s) for s in sorted(_finished_shards(config.output, storage))],
+        "shard_files": [shard_output_uri(config.output, shard) for shard in finished],
     }
     storage.write_atomic(posixpath.join(config.output.rstrip("/"), MANIFEST), json.dumps(document, indent=2).encode())

@@ -74,6 +74,7 @@ class FaultProxy:
         self.latency = latency
         self.rules: list[Fault] = []
         self.injected: Counter[tuple[str, str]] = Counter()
+        self.log: list[tuple[str, str, str]] = []  # (kind, fault, request target) of each fault injected
         self.requests: Counter[str] = Counter()
         self._random = random.Random(seed)
         self._lock = threading.Lock()
@@ -105,6 +106,7 @@ class FaultProxy:
         with self._lock:
             self.rules = list(rules)
             self.injected.clear()
+            self.log.clear()
             self.requests.clear()
 
     def _run(self) -> None:
@@ -121,6 +123,7 @@ class FaultProxy:
                 matches = rule.kind == kind and (rule.match is None or rule.match in target)
                 if matches and self._random.random() < rule.fraction:
                     self.injected[kind, rule.fault] += 1
+                    self.log.append((kind, rule.fault, target))
                     return rule.fault
         return None
 
