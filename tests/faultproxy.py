@@ -2,11 +2,11 @@
 
 Each request is classed as `list`, `get` (GET and HEAD of an object), `put` (a single PUT), `multipart` (create,
 upload part, complete, abort) or `other` (deletes, bucket calls); a `Fault` rule for a class answers a chosen
-fraction of its requests with `503 SlowDown` or `500 InternalError` (without forwarding them), forwards them and
-then cuts the connection halfway through the response (`reset`: a PUT is stored, the client never hears so), or
-delays them (`latency`); `HELD_OUT` faults are for the benchmark only. Draws come from a seeded generator, so a
-run's faults are reproducible; `injected` counts what was done per (class, fault), `requests` every request per
-class.
+fraction of its requests with `503 SlowDown`, `500 InternalError` or `403 AccessDenied` (without forwarding
+them), forwards them and then cuts the connection halfway through the response (`reset`: a PUT is stored, the
+client never hears so), or delays them (`latency`); `HELD_OUT` faults are for the benchmark only. Draws come
+from a seeded generator, so a run's faults are reproducible; `injected` counts what was done per (class, fault),
+`requests` every request per class.
 
 The proxy runs its own event loop in a thread of the test process, so jobs in other processes (Ray workers, a
 `python -m jobs.score` subprocess) reach it by its endpoint alone.
@@ -25,6 +25,7 @@ from urllib.parse import parse_qs, urlsplit
 
 KINDS = ("list", "get", "put", "multipart", "other")
 FAULTS = ("slowdown", "error", "reset", "latency")
+DENIED = "denied"  # 403 AccessDenied: not transient, for an output that stops being writable
 HELD_OUT = ("drop",)
 """Faults no test injects, for the benchmark only (bench/faults.py): the code was not tuned on them. `drop` closes
 the connection once the request has arrived, unanswered and unforwarded."""
@@ -32,6 +33,7 @@ the connection once the request has arrived, unanswered and unforwarded."""
 _ERRORS = {
     "slowdown": (503, "Slow Down", "SlowDown", "Please reduce your request rate."),
     "error": (500, "Internal Server Error", "InternalError", "We encountered an internal error. Please try again."),
+    DENIED: (403, "Forbidden", "AccessDenied", "Access Denied"),
 }
 
 
@@ -45,7 +47,7 @@ class Fault:
     match: str | None = None
 
     def __post_init__(self) -> None:
-        if self.kind not in KINDS or self.fault not in FAULTS + HELD_OUT or not 0 <= self.fraction <= 1:
+        if self.kind not in KINDS or self.fault not in (*FAULTS, DENIED, *HELD_OUT) or not 0 <= self.fraction <= 1:
             raise ValueError(f"not a fault rule: {self}")
 
 

@@ -10,6 +10,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 import warnings
 
 import pyarrow.parquet as pq
@@ -17,7 +18,7 @@ import pytest
 import s3fs
 from corpus import folder_corpus, parquet_corpus, portraits, tar_corpus
 from curation_corpus import webdataset_samples
-from faultproxy import FAULTS, Fault, FaultProxy
+from faultproxy import DENIED, FAULTS, Fault, FaultProxy
 from pipeline_helpers import assert_rows_match, read_scores, score
 from processes import wait_for
 
@@ -209,3 +210,34 @@ def test_retraining_writes_its_checkpoints_through_faults(proxy, moto, monkeypat
     proxy.inject()
     assert injected > 0
     assert all(data == checkpoint for data in read)
+
+
+def test_an_output_that_stops_being_writable_mid_run_fails_cleanly_and_a_rerun_completes(
+    proxy, moto, shared_dir, tmp_path
+):
+    (tmp_path / "in").mkdir()
+    for path in portraits(shared_dir, 24):
+        (tmp_path / "in" / path.name).write_bytes(path.read_bytes())
+    out = "s3://faults/denied/out"
+    job = dict(shard_size=2, s3_endpoint=proxy.endpoint, runner="in-process")
+
+    def deny_writes_after_a_shard() -> None:
+        wait_for(lambda: bool(moto.glob("faults/denied/out/*.parquet", refresh=True)), 120, "a shard")
+        proxy.inject(Fault("put", DENIED, 1.0))
+
+    watcher = threading.Thread(target=deny_writes_after_a_shard, daemon=True)
+    watcher.start()
+    with pytest.raises(ShardsFailedError) as failed:
+        score(str(tmp_path / "in"), out, **job)
+    watcher.join(timeout=10)
+    proxy.inject()
+
+    said = str(failed.value)
+    assert re.match(r"\d+ of 12 shards were not written \(files-\d+: cannot write s3://faults/denied/out/", said), said
+    assert "PermissionError: Access Denied" in said
+    committed = moto.glob("faults/denied/out/*.parquet", refresh=True)
+    assert 1 <= len(committed) < 12
+    assert all(pq.read_table(path, filesystem=moto).num_rows == 2 for path in committed)  # whole, never partial
+    finished = score(str(tmp_path / "in"), out, **job)
+    assert finished.shards_written == 12 - len(committed)
+    assert_rows_match(read_scores(out), {path.name: "ok" for path in portraits(shared_dir, 24)})
