@@ -78,6 +78,7 @@ class FaultProxy:
         self.injected: Counter[tuple[str, str]] = Counter()
         self.log: list[tuple[str, str, str]] = []  # (kind, fault, request target) of each fault injected
         self.requests: Counter[str] = Counter()
+        self.seed = seed
         self._random = random.Random(seed)
         self._lock = threading.Lock()
         self._loop = asyncio.new_event_loop()
@@ -104,8 +105,10 @@ class FaultProxy:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     def inject(self, *rules: Fault) -> None:
-        """Replace the rules (none: a plain forwarder) and start the counts again."""
+        """Replace the rules (none: a plain forwarder), start the counts and the draws again (the same requests in
+        the same order meet the same faults)."""
         with self._lock:
+            self._random.seed(self.seed)
             self.rules = list(rules)
             self.injected.clear()
             self.log.clear()
