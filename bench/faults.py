@@ -37,7 +37,7 @@ from moto.server import ThreadedMotoServer  # noqa: E402
 from pipelines.config import ScoreConfig  # noqa: E402
 from pipelines.runtime import apply_local_hygiene  # noqa: E402
 from pipelines.score import ShardsFailedError, run_scoring  # noqa: E402
-from pipelines.storage import Storage  # noqa: E402
+from pipelines.storage import STORAGE_ATTEMPTS, Storage  # noqa: E402
 
 SHARED = ROOT.parent / "shared"
 FORMATS = {"folder": folder_corpus, "tar": tar_corpus, "parquet": parquet_corpus}
@@ -50,7 +50,7 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "bench" / "out" / "faults"))
     args = parser.parse_args()
     apply_local_hygiene()
-    os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_MAX_ATTEMPTS="5")
+    os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing")
 
     port = _free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
@@ -75,7 +75,7 @@ def main() -> None:
 
     result = {
         "fraction": args.fraction,
-        "attempts": 5,
+        "attempts": STORAGE_ATTEMPTS,
         "rows": rows,
         "budget": budget,
         "seconds": time.time() - started,
@@ -169,7 +169,8 @@ def _free_port() -> int:
 
 def _table(rows: list[dict], budget: dict, fraction: float) -> str:
     lines = [
-        f"faults on {fraction:.0%} of one kind of request; 3 runs each (folder, tar, parquet), 5 attempts per request",
+        f"faults on {fraction:.0%} of one kind of request; 3 runs each (folder, tar, parquet), "
+        f"{STORAGE_ATTEMPTS} attempts per request",
         "",
         "| fault | request kind | runs completed | requests | faults injected | retries counted | rows lost "
         "| rows doubled |",

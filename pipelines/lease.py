@@ -4,11 +4,13 @@
 HEARTBEAT_SECONDS. A second run into the same output (or an `--overwrite` of it) is refused while the lease is live,
 with one line naming the holder. A lease is stale, and is taken over without any flag, once its heartbeat is older
 than LEASE_SECONDS, or at once when its process is gone from this same host (a `kill -9` and a rerun). Two runs
-that start together race for it with an exclusive create (`Storage.create_exclusive`): one wins.
+that start together race for it with an exclusive create (`Storage.create_exclusive`): one wins; two that take over
+the same stale lease both look again a moment later, and only the one whose lease is there goes on.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import posixpath
@@ -26,6 +28,7 @@ from piqa_model.errors import PiqaError
 LEASE = "_lease.json"
 LEASE_SECONDS = 60.0
 HEARTBEAT_SECONDS = 15.0
+TAKEOVER_SETTLE_SECONDS = 1.0  # how long a run that took over a stale lease waits before it looks again
 
 
 class OutputBusyError(PiqaError, RuntimeError):
@@ -75,8 +78,9 @@ class OutputLease:
     def __exit__(self, *_exc: Any) -> None:
         self._stop.set()
         self._renewer.join(timeout=HEARTBEAT_SECONDS)
-        if self._held_by() == self.lease.run:
-            self.storage.remove([self.uri])
+        with contextlib.suppress(OSError):  # a lease left behind goes stale: the run's own outcome is what counts
+            if self._held_by() == self.lease.run:
+                self.storage.remove([self.uri])
 
     def _take(self) -> None:
         held = self._read()
@@ -85,8 +89,13 @@ class OutputLease:
             raise OutputBusyError(self._busy(held, now))
         if held is not None:  # stale: its run was killed, or stopped renewing long ago
             self.storage.remove([self.uri])
+        # Lost to a run that started at the same moment, unless ours landed and only its answer was lost.
         if not self.storage.create_exclusive(self.uri, self._encoded()) and self._held_by() != self.lease.run:
-            raise OutputBusyError(self._busy(self._read(), time.time()))  # another run started at the same moment
+            raise OutputBusyError(self._busy(self._read(), time.time()))
+        if held is not None:  # two runs taking over one stale lease: the later removes the earlier's; both look again
+            time.sleep(TAKEOVER_SETTLE_SECONDS)
+            if self._held_by() != self.lease.run:
+                raise OutputBusyError(self._busy(self._read(), time.time()))
 
     def _renew(self) -> None:
         while not self._stop.wait(HEARTBEAT_SECONDS):

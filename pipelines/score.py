@@ -170,10 +170,12 @@ def _on_ray(storage: Storage) -> Storage:
 
 
 def _totals(driver: Storage, workers: Storage) -> tuple[dict[str, int], dict[str, str]]:
-    """Retries by request kind and failed shards of the driver's and the workers' tallies together."""
+    """Retries by request kind and failed shards of the driver's and the workers' tallies together (the workers'
+    actor is stopped: the job's stages are done)."""
     retries, failures = driver.tally.totals()
     if workers.tally is not driver.tally:
         more_retries, more_failures = ray.get(workers.tally.totals.remote())
+        ray.kill(workers.tally)
         retries = dict(Counter(retries) + Counter(more_retries))
         failures = more_failures | failures
     return retries, failures

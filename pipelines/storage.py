@@ -45,8 +45,9 @@ _OPERATION_KINDS = {
     "CompleteMultipartUpload": "multipart",
     "AbortMultipartUpload": "multipart",
 }
-PERMANENT_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
-"""Failures that another attempt would not change: the object is not there, or may not be read."""
+PERMANENT_ERRORS = (FileNotFoundError, IsADirectoryError, NotADirectoryError)
+"""Failures that another attempt would not change: the object is not there. (A refusal is not among them: an
+expired token or a skewed clock refuses too, and a rerun with working credentials succeeds.)"""
 
 
 class StorageError(PiqaError, OSError):
@@ -87,34 +88,38 @@ class Storage:
         """URIs of the files matching `pattern` directly under `uri`, sorted by name; hidden (`.`) and
         underscore-prefixed names (temporaries, `_manifest.json`) are left out; [] when `uri` does not exist."""
         fs, root = self.filesystem(uri)
-        if not fs.exists(root):
-            return []
-        paths = sorted(fs.glob(posixpath.join(root, pattern)))
+        try:
+            if not fs.exists(root):
+                return []
+            paths = sorted(fs.glob(posixpath.join(root, pattern)))
+        except Exception as exc:
+            raise StorageUnavailableError(self._failure("list", uri, exc)) from exc
         return [self.uri(fs, p) for p in paths if not posixpath.basename(p).startswith((".", "_"))]
 
     def read_bytes(self, uri: str) -> bytes:
-        """The object's bytes; FileNotFoundError (or another of PERMANENT_ERRORS) when it cannot be read at all,
-        StorageUnavailableError when every attempt failed."""
+        """The object's bytes; FileNotFoundError (or another of PERMANENT_ERRORS) when it is not there,
+        StorageUnavailableError when storage refused it or failed every attempt."""
         fs, path = self.filesystem(uri)
         try:
             return self.reading(lambda: fs.cat_file(path))
         except PERMANENT_ERRORS:
             raise
         except Exception as exc:
-            raise StorageUnavailableError(f"cannot read {uri} ({self.attempts} attempts): {reason(exc)}") from exc
+            raise StorageUnavailableError(self._failure("read", uri, exc)) from exc
 
     def reading(self, read: Callable[[], T]) -> T:
         """`read()`, again when a response body was cut off midway (botocore retries requests, not the bodies
         they stream), within the same budget of attempts, each retry counted."""
-        for attempt in range(1, self.attempts + 1):
+        attempt = 1
+        while True:
             try:
                 return read()
             except Exception as exc:
-                if attempt == self.attempts or not _cut_off(exc):
+                if attempt >= self.attempts or not _cut_off(exc):
                     raise
                 tell(self.tally, "retried", "get")
                 time.sleep(random.uniform(0, min(20.0, 2.0**attempt)))
-        raise AssertionError("unreachable")
+                attempt += 1
 
     def write_atomic(self, uri: str, data: bytes) -> None:
         """Write so that no reader ever sees a partial object.
@@ -124,35 +129,25 @@ class Storage:
         """
         fs, path = self.filesystem(uri)
         if _is_local(fs):
-            directory = posixpath.dirname(path)
-            os.makedirs(directory, exist_ok=True)
-            temporary = posixpath.join(directory, f".{posixpath.basename(path)}.{uuid.uuid4().hex}.tmp")
-            with open(temporary, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(temporary, path)
-        else:
-            try:
-                fs.pipe_file(path, data)
-            except PERMANENT_ERRORS as exc:  # its bucket is gone, or refuses us: no attempt would change that
-                raise StorageError(f"cannot write {uri}: {reason(exc)}") from exc
-            except Exception as exc:
-                raise StorageUnavailableError(f"cannot write {uri} ({self.attempts} attempts): {reason(exc)}") from exc
+            os.replace(_written_beside(path, data), path)
+            return
+        try:
+            fs.pipe_file(path, data)
+        except PERMANENT_ERRORS as exc:  # its bucket is gone: no attempt would change that
+            raise StorageError(self._failure("write", uri, exc)) from exc
+        except Exception as exc:
+            raise StorageUnavailableError(self._failure("write", uri, exc)) from exc
 
     def create_exclusive(self, uri: str, data: bytes) -> bool:
         """Write `uri` whole unless it exists (then False): one writer of many wins. Local files: a hard link of a
-        written temporary; object stores: a conditional PUT (If-None-Match)."""
+        written temporary; object stores: a conditional PUT (If-None-Match: AWS S3 and moto honour it; a store
+        that ignores it lets the last writer win)."""
         fs, path = self.filesystem(uri)
         try:
             if not _is_local(fs):
                 fs.pipe_file(path, data, mode="create")
                 return True
-            directory = posixpath.dirname(path)
-            os.makedirs(directory, exist_ok=True)
-            temporary = posixpath.join(directory, f".{posixpath.basename(path)}.{uuid.uuid4().hex}.tmp")
-            with open(temporary, "wb") as handle:
-                handle.write(data)
+            temporary = _written_beside(path, data)
             try:
                 os.link(temporary, path)
             finally:
@@ -160,6 +155,13 @@ class Storage:
             return True
         except FileExistsError:
             return False
+
+    def _failure(self, action: str, uri: str, exc: BaseException) -> str:
+        """What a failed read or write says: the attempts too, when botocore made them (not for a refusal, a
+        missing bucket or a local file)."""
+        retried = "://" in uri and not isinstance(exc, (PermissionError, *PERMANENT_ERRORS))
+        tries = f" ({self.attempts} attempts)" if retried else ""
+        return f"cannot {action} {uri}{tries}: {reason(exc)}"
 
     def remove(self, uris: list[str], recursive: bool = False) -> None:
         """Delete `uris` (folders with all they hold, with `recursive`); one request on object stores. Local paths
@@ -170,7 +172,10 @@ class Storage:
         fs, _ = self.filesystem(uris[0])
         paths = [self.filesystem(uri)[1] for uri in uris]
         if not _is_local(fs):
-            fs.rm(paths, recursive=recursive)
+            try:
+                fs.rm(paths, recursive=recursive)
+            except Exception as exc:
+                raise StorageUnavailableError(self._failure("remove", uris[0], exc)) from exc
             return
         for path in paths:
             if os.path.isdir(path) and recursive:
@@ -189,7 +194,7 @@ class Storage:
             raise StorageError(f"output {uri} is not writable: {reason(exc)}") from None
 
 
-@functools.cache
+@functools.lru_cache(maxsize=8)  # a job's tally makes its own: a long-lived process runs many jobs
 def _s3_filesystem(endpoint: str | None, attempts: int, tally: Any) -> AbstractFileSystem:
     """One S3 filesystem per (endpoint, attempts, tally) in a process, its requests retried and counted."""
     import s3fs
@@ -202,7 +207,7 @@ def _s3_filesystem(endpoint: str | None, attempts: int, tally: Any) -> AbstractF
     session.register("request-created.s3", functools.partial(_count_retry, tally))
     return RetriedS3FileSystem(
         client_kwargs={"endpoint_url": endpoint} if endpoint else {},
-        config_kwargs={"retries": {"mode": "standard", "max_attempts": attempts}},
+        config_kwargs={"retries": {"mode": "standard", "total_max_attempts": attempts}},  # max_attempts: retries
         session=session,
         max_concurrency=1,  # one GET per read: above 1, s3fs asks for the size first (a HEAD per image)
     )
@@ -220,6 +225,18 @@ def _cut_off(exc: BaseException) -> bool:
     from botocore.exceptions import IncompleteReadError, ResponseStreamingError
 
     return isinstance(exc, ClientPayloadError | IncompleteReadError | ResponseStreamingError)
+
+
+def _written_beside(path: str, data: bytes) -> str:
+    """A hidden temporary beside local `path`, holding `data` on disk (flushed and synced); its path."""
+    directory = posixpath.dirname(path)
+    os.makedirs(directory, exist_ok=True)
+    temporary = posixpath.join(directory, f".{posixpath.basename(path)}.{uuid.uuid4().hex}.tmp")
+    with open(temporary, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    return temporary
 
 
 def _is_local(fs: AbstractFileSystem) -> bool:

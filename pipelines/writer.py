@@ -11,6 +11,7 @@ its parts over."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import posixpath
@@ -134,7 +135,8 @@ class ShardCommitter:
         first[1:] = indices[1:] != indices[:-1]  # one row per position: overlapping parts of a retried batch
         table = table.filter(pa.array(first)).drop_columns(["index"]).cast(self.schema)
         self.storage.write_atomic(uri, _parquet_bytes(table))
-        self.storage.remove(parts)
+        with contextlib.suppress(OSError):  # committed: parts left behind are removed by the next run's start
+            self.storage.remove(parts)
         return _status_counts(table)
 
 

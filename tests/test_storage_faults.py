@@ -32,7 +32,9 @@ from training.retrain import train_storage
 warnings.filterwarnings("ignore", category=piqa_model.UntrainedModelWarning)
 
 MIXED = [Fault(kind, fault, 0.1) for kind in ("list", "get", "put") for fault in FAULTS]
-"""A tenth of every kind of request meets each kind of fault (so 0.4 of them one fault or another)."""
+"""A tenth of every kind of request meets each kind of fault (so 0.4 of them one fault or another); runs through it
+have MIXED_ATTEMPTS per request, so that none runs out of them (0.3**8 a request)."""
+MIXED_ATTEMPTS = "8"
 
 
 @pytest.fixture(scope="module")
@@ -60,8 +62,9 @@ def upload(moto: s3fs.S3FileSystem, corpus_root, prefix: str) -> str:
     [(folder_corpus, "in-process"), (tar_corpus, "ray"), (parquet_corpus, "in-process")],  # Ray: the workers' tally
 )
 def test_scoring_through_faults_loses_and_doubles_nothing_and_counts_its_retries(
-    make_corpus, runner, proxy, moto, shared_dir, tmp_path
+    make_corpus, runner, proxy, moto, shared_dir, tmp_path, monkeypatch
 ):
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", MIXED_ATTEMPTS)
     corpus = make_corpus(shared_dir, tmp_path / "in")
     source = upload(moto, corpus.root, make_corpus.__name__)
     out = f"s3://faults/{make_corpus.__name__}/out"
@@ -126,8 +129,9 @@ def test_a_shard_that_storage_keeps_failing_is_named_and_a_rerun_completes_it(
 
 
 def test_filter_and_reshard_through_faults_write_what_a_run_without_them_writes(
-    proxy, moto, s3_endpoint, shared_dir, tmp_path
+    proxy, moto, s3_endpoint, shared_dir, tmp_path, monkeypatch
 ):
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", MIXED_ATTEMPTS)
     corpus = tar_corpus(shared_dir, tmp_path / "in")
     scores = "s3://faults/filter/scores"
     score(upload(moto, corpus.root, "filter"), scores, shard_size=3, runner="in-process")
