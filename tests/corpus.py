@@ -66,9 +66,10 @@ def folder_corpus(shared_dir: Path, root: Path, count: int = 4) -> Corpus:
     return corpus
 
 
-def _tar_bytes(members: list[tuple[str, bytes]]) -> bytes:
+def tar_bytes(members: list[tuple[str, bytes]]) -> bytes:
+    """A tar of regular files (GNU format: long names are fine)."""
     buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as archive:
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.GNU_FORMAT) as archive:
         for name, data in members:
             info = tarfile.TarInfo(name)
             info.size = len(data)
@@ -85,12 +86,12 @@ def tar_corpus(shared_dir: Path, root: Path, count: int = 4) -> Corpus:
     for number, path in enumerate(real):
         members += [(f"{number:06d}.jpg", path.read_bytes()), (f"{number:06d}.json", b'{"caption": "x"}')]
         corpus.expected[f"{number:06d}"] = "ok"
-    (root / "shard-000.tar").write_bytes(_tar_bytes(members))
+    (root / "shard-000.tar").write_bytes(tar_bytes(members))
     broken = [(name, data) for name, (data, _) in broken_inputs(real[0].read_bytes()).items()]
-    (root / "shard-001.tar").write_bytes(_tar_bytes(broken))
+    (root / "shard-001.tar").write_bytes(tar_bytes(broken))
     for name, (_, status) in broken_inputs(real[0].read_bytes()).items():
         corpus.expected[name.rsplit(".", 1)[0]] = status
-    cut = _tar_bytes([("cut/000.jpg", real[0].read_bytes()), ("cut/001.jpg", real[1].read_bytes())])
+    cut = tar_bytes([("cut/000.jpg", real[0].read_bytes()), ("cut/001.jpg", real[1].read_bytes())])
     (root / "shard-002.tar").write_bytes(cut[: 512 + len(real[0].read_bytes()) + 512 + 1000])
     corpus.expected.update({"cut/000": "ok", "cut/001": "read_error"})
     return corpus

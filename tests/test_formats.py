@@ -4,7 +4,6 @@ Ray; a format registered here is listed, read and fetched by the pipeline's own 
 from __future__ import annotations
 
 import io
-import tarfile
 import zipfile
 from collections.abc import Iterator
 
@@ -12,6 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from corpus import tar_bytes
 
 from pipelines import formats
 from pipelines.fetch import fetch_records, source_shard
@@ -21,16 +21,6 @@ from pipelines.shards import list_shards
 from pipelines.storage import Storage, StorageError
 
 STORAGE = Storage()
-
-
-def tar_bytes(members: list[tuple[str, bytes]]) -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.GNU_FORMAT) as archive:
-        for name, data in members:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            archive.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
 
 
 def read(path) -> list[tuple[str, bytes | None, str | None]]:
