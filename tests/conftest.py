@@ -141,3 +141,16 @@ def mlflow_server(tmp_path_factory) -> str:
     yield uri
     process.terminate()
     process.wait(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def tiny_data(shared_dir: Path, tmp_path_factory) -> dict[str, str]:
+    """Training data for the retraining tests: a synthetic-degradation manifest and a small PIQ23-shaped tree."""
+    from piq23_tree import make_piq23_tree
+    from train_helpers import degraded_portraits
+
+    root = tmp_path_factory.mktemp("train-data")
+    return {
+        "manifest": degraded_portraits(shared_dir, root / "synthetic", count=8),
+        "piq23": str(make_piq23_tree(root / "piq23", shared_dir / "data" / "piq23", scenes=2, images_per_scene=6)),
+    }

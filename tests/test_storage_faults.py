@@ -6,12 +6,14 @@ visible, and a rerun completes it."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import subprocess
 import sys
 import threading
 import warnings
+from collections import Counter
 
 import pyarrow.parquet as pq
 import pytest
@@ -21,13 +23,14 @@ from curation_corpus import webdataset_samples
 from faultproxy import DENIED, FAULTS, Fault, FaultProxy
 from pipeline_helpers import assert_rows_match, read_scores, score
 from processes import wait_for
+from train_helpers import train_config
 
 import piqa_model
 from jobs import filter as filter_job
 from jobs.cli import run
 from pipelines.score import ShardsFailedError
-from pipelines.storage import Storage
-from training.retrain import train_storage
+from training.loop import load_state
+from training.retrain import run_retraining
 
 warnings.filterwarnings("ignore", category=piqa_model.UntrainedModelWarning)
 
@@ -202,21 +205,26 @@ def _remove_bucket(moto: s3fs.S3FileSystem, bucket: str) -> bool:
     return not moto.exists(bucket)
 
 
-def test_retraining_writes_its_checkpoints_through_faults(proxy, moto, monkeypatch):
-    """Ray Train writes checkpoints with the pyarrow filesystem `train_storage` gives it: the jobs' attempts."""
-    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "6")
-    path, filesystem = train_storage("s3://faults/train-runs", Storage.from_environment(proxy.endpoint))
-    checkpoint = os.urandom(1 << 20)
+@pytest.mark.usefixtures("ray_local")
+def test_a_retraining_job_keeps_its_checkpoints_and_features_in_s3_through_faults(proxy, moto, tiny_data, tmp_path):
+    """A whole retraining job whose checkpoints (Ray Train, through `train_storage`'s pyarrow filesystem) and feature
+    cache (our storage) are in S3 behind the proxy: it completes, and what it kept there is whole."""
+    data = {"manifests": [tiny_data["manifest"]]}
+    config = train_config(tmp_path, data=data, storage_path="s3://faults/retrain", s3_endpoint=proxy.endpoint)
     # A tenth of each kind: pyarrow retries a failed CompleteMultipartUpload a fixed few times, whatever the attempts.
-    proxy.inject(Fault("get", "error", 0.1), Fault("put", "error", 0.1), Fault("multipart", "slowdown", 0.1))
-    for number in range(4):
-        with filesystem.open_output_stream(f"{path}/checkpoint_{number:06d}/model.pt") as stream:
-            stream.write(checkpoint)
-    read = [filesystem.open_input_file(f"{path}/checkpoint_{n:06d}/model.pt").read() for n in range(4)]
-    injected = list(proxy.log)
-    proxy.inject()
-    assert len(injected) >= 2, injected  # the same draws in every run: these requests come one at a time
-    assert all(data == checkpoint for data in read)
+    proxy.inject(Fault("put", "error", 0.1), Fault("multipart", "slowdown", 0.1))
+    try:
+        result = run_retraining(config)
+    finally:
+        injected = Counter(kind for kind, _, _ in proxy.log)
+        proxy.inject()
+    assert injected["put"] >= 1 and injected["multipart"] >= 1, injected
+    assert result.run_id and math.isfinite(result.test["test/srcc_mean"])
+    saved = sorted(moto.glob("faults/retrain/retrain-*/checkpoint_*/state.pt"))
+    assert len(saved) == 2, saved  # num_to_keep=2 of 3 epochs
+    moto.get(saved[-1].rsplit("/", 1)[0], str(tmp_path / "last"), recursive=True)
+    assert [entry["epoch"] for entry in load_state(str(tmp_path / "last"))["history"]] == [0, 1, 2]
+    assert moto.glob("faults/retrain/feature-cache/**")
 
 
 def test_an_output_that_stops_being_writable_mid_run_fails_cleanly_and_a_rerun_completes(

@@ -12,22 +12,12 @@ from pathlib import Path
 
 import psutil
 import pytest
-from piq23_tree import make_piq23_tree
 from processes import kill_driver_when
 from train_helpers import degraded_portraits, train_config, write_config
 
 from training.loop import load_state
 from training.retrain import run_retraining
 from training.sources import load_piq23
-
-
-@pytest.fixture(scope="module")
-def tiny_data(shared_dir, tmp_path_factory) -> dict[str, str]:
-    root = tmp_path_factory.mktemp("train-data")
-    return {
-        "manifest": degraded_portraits(shared_dir, root / "synthetic", count=8),
-        "piq23": str(make_piq23_tree(root / "piq23", shared_dir / "data" / "piq23", scenes=2, images_per_scene=6)),
-    }
 
 
 def checkpoints(storage: Path) -> list[Path]:
