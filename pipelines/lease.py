@@ -67,6 +67,7 @@ class OutputLease:
         self.output, self.storage = output, storage
         self.uri = posixpath.join(output.rstrip("/"), LEASE)
         self.lease = Lease.ours()
+        self.lost_to: Lease | None = None  # the run that took the lease over, once the renewer saw it
         self._stop = threading.Event()
         self._renewer = threading.Thread(target=self._renew, name="output-lease", daemon=True)
 
@@ -100,12 +101,23 @@ class OutputLease:
     def _renew(self) -> None:
         while not self._stop.wait(HEARTBEAT_SECONDS):
             try:
-                if self._held_by() != self.lease.run:  # taken over after we stalled past LEASE_SECONDS: leave it be
+                held = self._read()
+                if held is not None and held.run != self.lease.run:  # taken over: we stalled past LEASE_SECONDS
+                    self.lost_to = held
                     return
                 self.lease = replace(self.lease, heartbeat=time.time())
                 self.storage.write_atomic(self.uri, self._encoded())
             except OSError:  # a missed beat: the run itself meets the fault, and says so
                 continue
+
+    def check(self) -> None:
+        """Raise OutputBusyError once another run has taken the lease over: this one stalled past LEASE_SECONDS
+        (a paused VM, a partitioned network) and must stop writing; the shards it committed stay."""
+        if self.lost_to is not None:
+            raise OutputBusyError(
+                f"stopped: another run took over the output {self.output} ({self.lost_to.describe(time.time())}) "
+                f"after this run's heartbeat lapsed for over {LEASE_SECONDS:.0f} s; the shards committed stay"
+            )
 
     def _busy(self, held: Lease | None, now: float) -> str:
         holder = held.describe(now) if held is not None else "a run that has just started"

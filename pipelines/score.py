@@ -9,13 +9,14 @@ import os
 import posixpath
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import pyarrow as pa
 import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from pipelines.config import ScoreConfig
 from pipelines.layout import READ_TASK_CPUS, Layout, in_process_layout, plan_layout, sized_for
@@ -102,7 +103,7 @@ def run_scoring(config: ScoreConfig) -> RunSummary:
     bundle_config, info, model = inspect_bundle(config.bundle)
     warn_if_untrained(info)
     model_config = bundle_config.with_crop_mode(config.crop_mode)
-    with OutputLease(config.output, storage):  # one writer per output: a second run is refused
+    with OutputLease(config.output, storage) as lease:  # one writer per output: a second run is refused
         if config.overwrite:
             _clear_outputs(config.output, storage)
         done = _finished_shards(config.output, storage)
@@ -118,7 +119,8 @@ def run_scoring(config: ScoreConfig) -> RunSummary:
             try:
                 workers = storage if in_process else _on_ray(storage)
                 receipts = _written_parts(todo, config, workers, model_config, model, in_process)
-                counts = _commit_shards(receipts, _write_options(config, workers, model_config), in_process)
+                write = _write_options(config, workers, model_config)
+                counts = _commit_shards(receipts, write, in_process, lease.check)
             except KeyboardInterrupt:
                 committed = len(_finished_shards(config.output, storage) & {shard.shard_id for shard in shards})
                 raise ScoringInterrupted(
@@ -141,19 +143,24 @@ def run_scoring(config: ScoreConfig) -> RunSummary:
             seconds=time.time() - started,
             driver_cpu_seconds=time.process_time() - driver_cpu,
         )
+        lease.check()
         _write_manifest(config, summary, finished, storage)
         return summary
 
 
-def _commit_shards(receipts: Iterable[pa.Table], write: dict[str, Any], in_process: bool) -> dict[str, dict[str, int]]:
+def _commit_shards(
+    receipts: Iterable[pa.Table], write: dict[str, Any], in_process: bool, check_lease: Callable[[], None]
+) -> dict[str, dict[str, int]]:
     """Commit each shard once `receipts` show all its rows written (by a Ray actor, or here for a job run in this
-    process); the status counts of each committed shard, by shard."""
+    process); the status counts of each committed shard, by shard. `check_lease` raises, and stops the run, once
+    another run has the output."""
     if in_process:
         commit = ShardCommitter(**write).commit
     else:
         commit = ray.remote(**COMMITTER_ACTOR)(ShardCommitter).remote(**write).commit.remote
     ledger = ShardLedger(commit)
     for batch in receipts:
+        check_lease()
         ledger.add(batch)
     shards = list(ledger.commits)
     results = list(ledger.commits.values()) if in_process else ray.get(list(ledger.commits.values()))
@@ -166,7 +173,8 @@ def _commit_shards(receipts: Iterable[pa.Table], write: dict[str, Any], in_proce
 def _on_ray(storage: Storage) -> Storage:
     """`storage` as the job's Ray workers use it: started Ray, their retries and failures told to one actor."""
     ensure_ray()
-    return dataclasses.replace(storage, tally=ray.remote(num_cpus=0)(Tally).remote())
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)  # lives as the driver
+    return dataclasses.replace(storage, tally=ray.remote(num_cpus=0, scheduling_strategy=here)(Tally).remote())
 
 
 def _totals(driver: Storage, workers: Storage) -> tuple[dict[str, int], dict[str, str]]:
@@ -174,7 +182,10 @@ def _totals(driver: Storage, workers: Storage) -> tuple[dict[str, int], dict[str
     actor is stopped: the job's stages are done)."""
     retries, failures = driver.tally.totals()
     if workers.tally is not driver.tally:
-        more_retries, more_failures = ray.get(workers.tally.totals.remote())
+        try:
+            more_retries, more_failures = ray.get(workers.tally.totals.remote())
+        except ray.exceptions.RayActorError:  # lost with its node: the workers' retries go uncounted
+            more_retries, more_failures = {}, {}
         ray.kill(workers.tally)
         retries = dict(Counter(retries) + Counter(more_retries))
         failures = more_failures | failures

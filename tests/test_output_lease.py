@@ -7,13 +7,14 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import asdict
 
 import pytest
 import s3fs
 from corpus import portraits
-from pipeline_helpers import assert_rows_match, read_scores
+from pipeline_helpers import assert_rows_match, read_scores, score
 from processes import wait_for
 
 from pipelines import lease as leases
@@ -60,6 +61,27 @@ def test_the_holder_renews_its_heartbeat(tmp_path, monkeypatch):
     with OutputLease(str(tmp_path / "out"), Storage()) as held:
         first = held.lease.heartbeat
         wait_for(lambda: json.loads((tmp_path / "out" / LEASE).read_text())["heartbeat"] > first, 10, "a heartbeat")
+
+
+def test_a_run_whose_lease_was_taken_over_stops_and_leaves_the_new_holder_be(shared_dir, tmp_path, monkeypatch):
+    """A run that stalled past LEASE_SECONDS (here: its lease replaced while it runs) stops at its next block with
+    one line, writes no manifest, and leaves the other run's lease in place."""
+    monkeypatch.setattr(leases, "HEARTBEAT_SECONDS", 0.1)
+    photos = tmp_path / "in"
+    photos.mkdir()
+    for number, path in enumerate(portraits(shared_dir, 4) * 3):
+        (photos / f"{number:02d}.jpg").write_bytes(path.read_bytes())
+    out = tmp_path / "out"
+    usurper = Lease("usurper", "render-node-7", 4242, "2026-12-03T10:00:00+00:00", time.time() + 3600)
+    replaced = threading.Thread(target=lambda: (wait_for((out / LEASE).exists, 60, "a lease"), place(out, usurper)))
+    replaced.start()
+    with pytest.raises(OutputBusyError) as stopped:
+        score(photos, out, shard_size=2, runner="in-process")
+    replaced.join()
+    assert "stopped: another run took over the output" in str(stopped.value) and "run usurper" in str(stopped.value)
+    assert json.loads((out / LEASE).read_text())["run"] == "usurper"
+    assert not (out / "_manifest.json").exists()
+    assert len(list(out.glob("*.parquet"))) < 6
 
 
 def test_two_runs_starting_together_on_s3_one_wins(s3_endpoint):
