@@ -99,9 +99,10 @@ class PartWriter:
         return pa.Table.from_pylist(receipts, schema=RECEIPT_SCHEMA)
 
 
-COMMITTER_ACTOR = {"num_cpus": 0, "max_concurrency": 16, "max_restarts": -1, "max_task_retries": -1}
-"""How a job runs its `ShardCommitter` on Ray: threaded (commits wait on storage, 16 at once), restarted and its
-calls retried if it dies (a commit done twice writes the same file)."""
+COMMITTER_ACTOR = {"num_cpus": 0, "max_concurrency": 8, "max_restarts": -1, "max_task_retries": -1}
+"""How a job runs its `ShardCommitter` on Ray: threaded (commits wait on storage, 8 at once: each thread that has
+committed keeps its allocator caches, so the actor's memory rises with its threads; BENCHMARKS.md, "Long runs"),
+restarted and its calls retried if it dies (a commit done twice writes the same file)."""
 
 
 class ShardCommitter:
