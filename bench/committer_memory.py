@@ -21,7 +21,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pipelines.runtime import HYGIENE_ENV  # noqa: E402
+from harness import command_env  # noqa: E402
 
 ROWS, PARTS, IN_FLIGHT = 500, 4, 4
 
@@ -79,7 +79,7 @@ def main() -> None:
     print("| max_concurrency | USS after 10 shards, MiB | after 50 | after the last | last minus 50 |")
     print("| ---: | ---: | ---: | ---: | ---: |")
     for concurrency in map(int, args.concurrency.split(",")):
-        env = {**os.environ, **HYGIENE_ENV}
+        env = command_env()
         command = [sys.executable, __file__, "--one", str(concurrency), "--shards", str(args.shards)]
         done = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
         usses = [float(value) for value in done.stdout.split()]

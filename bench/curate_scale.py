@@ -18,7 +18,6 @@ extrapolating the driver's memory and the time to a billion rows from the measur
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import sys
 import tempfile
@@ -29,9 +28,8 @@ import numpy as np
 import psutil
 import pyarrow as pa
 import pyarrow.parquet as pq
-from harness import OUT_DIR, REPO, checkout_of, write_results
+from harness import OUT_DIR, REPO, checkout_of, command_env, write_results
 
-from pipelines.runtime import HYGIENE_ENV
 from pipelines.writer import OUTPUT_SCHEMA
 
 BASELINE = "7def218"  # before filter ran out of core: the whole score set in one process
@@ -107,8 +105,7 @@ def synthetic_shard(shard: str, rows: int, rng: np.random.Generator) -> pa.Table
 
 def run_filter(checkout: Path, scores: Path, out: Path, rules: list[str]) -> dict[str, float]:
     """Wall time and peak resident memory (driver, largest worker) of one whole `piqa filter` command."""
-    env = {name: value for name, value in os.environ.items() if name != "RAY_ADDRESS"} | HYGIENE_ENV
-    env["PYTHONPATH"] = str(checkout)
+    env = command_env(checkout)
     command = [sys.executable, "-c", PIQA, "filter", str(scores), "--out", str(out), "--emit-dropped", *rules]
     started = time.perf_counter()
     process = psutil.Popen(command, cwd=checkout, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)

@@ -20,6 +20,7 @@ import copy
 import json
 import math
 import multiprocessing
+import os
 import re
 import subprocess
 import time
@@ -34,6 +35,7 @@ from PIL import Image
 
 from pipelines.config import ScoreConfig
 from pipelines.layout import READ_TASK_CPUS
+from pipelines.runtime import HYGIENE_ENV
 from pipelines.score import run_scoring
 from piqa_model import DualBranchNet, FaceDetector, ModelConfig, predict, prepare, read_bundle
 from piqa_model.backbones.swin import use_fused_attention
@@ -50,6 +52,13 @@ MEGAPIXELS = 12_000_000
 COPY_MARK = "--copy"  # a pipeline input named <stem>--copy<N><suffix> is a copy of photo <stem><suffix>
 FULL_RESOLUTION = 1_000_000
 """A detection preview size no photo reaches: MTCNN runs on the full-resolution image."""
+
+
+def command_env(checkout: Path = REPO, **more: str) -> dict[str, str]:
+    """The environment of a whole command run as a user runs it: this one with the Makefile's network hygiene, no
+    RAY_ADDRESS (the command starts its own local Ray or runs in process), `checkout`'s code, and `more`."""
+    env = {name: value for name, value in os.environ.items() if name != "RAY_ADDRESS"} | HYGIENE_ENV
+    return env | {"PYTHONPATH": str(checkout)} | more
 
 
 def write_results(path: Path, document: Any) -> None:

@@ -26,16 +26,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from harness import DATA, OUT_DIR, REPO, checkout_of, write_results
-
-from pipelines.runtime import HYGIENE_ENV
+from harness import DATA, OUT_DIR, REPO, checkout_of, command_env, write_results
 
 BASELINE = "486a24e"  # the driver committed every shard, the actors were given the weights and cut the crops
 TARGET_DRIVER_MS = 0.1
@@ -121,8 +118,7 @@ def cheap_bundle(root: Path) -> Path:
 
 
 def run(checkout: Path, code: str, args: list[str], marker: str) -> tuple[float | dict, str]:
-    env = {name: value for name, value in os.environ.items() if name != "RAY_ADDRESS"} | HYGIENE_ENV
-    env["PYTHONPATH"] = str(checkout)
+    env = command_env(checkout)
     done = subprocess.run(
         [sys.executable, "-c", code, *args], cwd=checkout, env=env, capture_output=True, text=True, timeout=1800
     )

@@ -29,9 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from harness import DATA, OUT_DIR, REPO, checkout_of, spread, write_results
-
-from pipelines.runtime import HYGIENE_ENV
+from harness import DATA, OUT_DIR, REPO, checkout_of, command_env, spread, write_results
 
 BASELINE = "7713219"  # before the stages ran in threads and the CLI stopped importing scipy and torch to curate
 PIQA = "import sys; from jobs.cli import main; sys.exit(main())"  # the `piqa` console script, for any checkout
@@ -49,8 +47,7 @@ def parse_args() -> argparse.Namespace:
 
 def timed(command: list[str], repeats: int, checkout: Path = REPO) -> tuple[float, str]:
     """The best wall time of `command` over `repeats` runs in `checkout`'s code, and the last run's output."""
-    env = {name: value for name, value in os.environ.items() if name != "RAY_ADDRESS"} | HYGIENE_ENV
-    env["PYTHONPATH"] = str(checkout)
+    env = command_env(checkout)
     best, output = float("inf"), ""
     for _ in range(repeats):
         started = time.perf_counter()

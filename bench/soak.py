@@ -49,8 +49,7 @@ REPO = BENCH.parent
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
 from corpus import broken_inputs, portraits, tar_bytes  # noqa: E402
-
-from pipelines.runtime import HYGIENE_ENV  # noqa: E402
+from harness import command_env  # noqa: E402
 
 SHARED = REPO.parent / "shared"
 JOB_RECORDS = {"_manifest.json", "_job.json"}
@@ -220,8 +219,7 @@ def run_soak(work: Path, soak: Soak, interval: float, warm_up: float, extra: lis
     out, temp, ray_temp = work / "out", work / "tmp", work / "r"
     for folder in (temp, ray_temp):
         folder.mkdir(parents=True, exist_ok=True)
-    env = {name: value for name, value in os.environ.items() if name != "RAY_ADDRESS"} | HYGIENE_ENV
-    env |= {"TMPDIR": str(temp), "RAY_TMPDIR": str(ray_temp), "PYTHONPATH": str(REPO)}
+    env = command_env(TMPDIR=str(temp), RAY_TMPDIR=str(ray_temp))
     command = [sys.executable, "-m", "jobs.cli", "score", str(soak.input), "--out", str(out), "--runner", "ray", *extra]
     started = time.perf_counter()
     with subprocess.Popen(
