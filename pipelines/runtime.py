@@ -175,14 +175,27 @@ def quiet_local_workers() -> None:
     logging.getLogger("ray.train.v2._internal.execution.controller.placement_group_cleaner").setLevel(logging.ERROR)
 
 
+LOCAL_TASK_RECORDS = 1000
+
+
 def start_local_ray(**options) -> None:
     """A single-node Ray on 127.0.0.1, without a dashboard.
 
     `ray.init` maps 127.0.0.1 to the machine's network address unless multi-node clusters are switched off
     (Ray's switch, also read from RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER); a local run switches them off so all
     its traffic stays on loopback. `ray start --node-ip-address=127.0.0.1` is the way for multi-node setups.
+
+    Ray's GCS keeps a record of every task (up to 100,000 by default, a few KB each) for the State API and the
+    dashboard; a local cluster has no dashboard to read them, so it keeps only the last `LOCAL_TASK_RECORDS`
+    and its memory stays flat over a long run.
     """
     from ray._private import ray_constants
 
     ray_constants.ENABLE_RAY_CLUSTER = False
-    ray.init(address="local", include_dashboard=False, _node_ip_address="127.0.0.1", **options)
+    ray.init(
+        address="local",
+        include_dashboard=False,
+        _node_ip_address="127.0.0.1",
+        _system_config={"task_events_max_num_task_in_gcs": LOCAL_TASK_RECORDS},
+        **options,
+    )

@@ -4,7 +4,12 @@ small portraits in tars, every process it starts sampled."""
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
+
+import pytest
+
+from pipelines.runtime import LOCAL_TASK_RECORDS
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "bench"))
 
@@ -26,3 +31,29 @@ def test_a_short_soak_leaks_no_files_and_no_memory_and_writes_every_row_once():
     assert set(OURS) <= set(result["growth"]), sorted(result["growth"])
     for title in OURS:
         assert result["growth"][title]["uss_growth"] <= SHORT_GROWTH_BOUND, (title, result["growth"][title])
+
+
+def _gcs_server_mib() -> float:
+    """The unshared memory of this test session's Ray GCS (a child of this process), MiB."""
+    import psutil
+
+    (gcs,) = [p for p in psutil.Process().children(recursive=True) if p.name().startswith("gcs_server")]
+    return gcs.memory_full_info().uss / 2**20
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_a_local_cluster_keeps_few_task_records_so_its_gcs_memory_stays_flat():
+    import ray
+
+    @ray.remote(num_cpus=0)
+    class Echo:
+        def call(self, value: int) -> int:
+            return value
+
+    echo = Echo.remote()
+    ray.get([echo.call.remote(i) for i in range(2 * LOCAL_TASK_RECORDS)])  # the cap reached
+    time.sleep(2)  # the workers report their tasks to the GCS once a second
+    before = _gcs_server_mib()
+    ray.get([echo.call.remote(i) for i in range(6000)])  # kept uncapped: about 20 MiB more
+    time.sleep(2)
+    assert _gcs_server_mib() - before < 8
