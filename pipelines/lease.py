@@ -60,6 +60,10 @@ class Lease:
         )
 
 
+UNREADABLE = Lease("unreadable", "", 0, "", 0.0)
+"""What a lease file that is not a lease of ours reads as: stale to a run starting, no claim to a run renewing."""
+
+
 class OutputLease:
     """`with OutputLease(output, storage):` holds the output's lease, renewed in a thread, released at the end."""
 
@@ -102,7 +106,8 @@ class OutputLease:
         while not self._stop.wait(HEARTBEAT_SECONDS):
             try:
                 held = self._read()
-                if held is not None and held.run != self.lease.run:  # taken over: we stalled past LEASE_SECONDS
+                # Another run took over (this one stalled past LEASE_SECONDS); a file that is no lease is no claim.
+                if held not in (None, UNREADABLE) and held.run != self.lease.run:
                     self.lost_to = held
                     return
                 self.lease = replace(self.lease, heartbeat=time.time())
@@ -136,7 +141,7 @@ class OutputLease:
         except FileNotFoundError:
             return None
         except (ValueError, TypeError):  # not a lease of ours: treat it as stale
-            return Lease("unreadable", "", 0, "", 0.0)
+            return UNREADABLE
 
     def _encoded(self) -> bytes:
         return json.dumps(asdict(self.lease), indent=2).encode()

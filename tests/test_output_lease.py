@@ -23,8 +23,10 @@ from pipelines.storage import Storage
 
 
 def place(out, holder: Lease) -> None:
+    """`holder`'s lease in `out`, written whole (as a run writes its own) so a renewer never reads half of it."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / LEASE).write_text(json.dumps(asdict(holder)))
+    (out / "lease.tmp").write_text(json.dumps(asdict(holder)))
+    (out / "lease.tmp").replace(out / LEASE)
 
 
 def test_a_live_lease_refuses_a_second_writer_in_one_line_naming_it(tmp_path):
@@ -61,6 +63,15 @@ def test_the_holder_renews_its_heartbeat(tmp_path, monkeypatch):
     with OutputLease(str(tmp_path / "out"), Storage()) as held:
         first = held.lease.heartbeat
         wait_for(lambda: json.loads((tmp_path / "out" / LEASE).read_text())["heartbeat"] > first, 10, "a heartbeat")
+
+
+def test_a_holder_that_reads_a_file_that_is_no_lease_keeps_its_lease(tmp_path, monkeypatch):
+    monkeypatch.setattr(leases, "HEARTBEAT_SECONDS", 0.1)
+    with OutputLease(str(tmp_path / "out"), Storage()) as held:
+        (tmp_path / "out" / LEASE).write_text("{not a lease")
+        wait_for(lambda: (tmp_path / "out" / LEASE).read_text().startswith("{\n"), 10, "the lease rewritten")
+        held.check()
+        assert json.loads((tmp_path / "out" / LEASE).read_text())["run"] == held.lease.run
 
 
 def test_a_run_whose_lease_was_taken_over_stops_and_leaves_the_new_holder_be(shared_dir, tmp_path, monkeypatch):
