@@ -317,9 +317,9 @@ def model_stages(
             batch_size=layout.batch_size,
             write=write,
         )
-        return [
-            Stage("prepare-and-score", PrepareAndScore, fused, layout.block_rows, score.cpus, pool=pool(score.size))
-        ]
+        # Each block as it comes (the read cut it to `block_rows` at most): a batch size would make Ray bundle
+        # small blocks (tars of 20) into one actor's call, and leave the others idle.
+        return [Stage("prepare-and-score", PrepareAndScore, fused, None, score.cpus, pool=pool(score.size))]
     writers = [] if write is None else [_write_stage(write, layout)]
     return [
         Stage(
