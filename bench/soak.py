@@ -10,10 +10,10 @@ ray::<actor class>, ...); the shards committed; the bytes in Ray's spill folders
 
 Measured, and the targets:
 - growth after warm-up per process class: for each process that lives through the run, its median memory over
-  the last tenth of the run over its median over the tenth after warm-up (warm-up: the first `--warm-up` of the
-  time until the last shard is committed), less one; the class's figure is its worst process's. Target: USS
-  growth <= 10 %. RSS is reported beside it: it also counts object-store pages a process has merely read, which
-  come and go with the blocks in flight;
+  the last tenth of the run over its median over the tenth after warm-up (warm-up: until the first `--warm-up`
+  of the shards is committed; a tenth is three samples at least), less one; the class's figure is its worst
+  process's. Target: USS growth <= 10 %. RSS is reported beside it: it also counts object-store pages a process
+  has merely read, which come and go with the blocks in flight;
 - temporary files: none left in TMPDIR, nothing in the output but the shards and the job's records;
 - spilling: the spill folders' largest size over the run, bounded by `--spill-limit-mib`;
 - rows: every key exactly once, with the status its bytes call for.
@@ -162,12 +162,12 @@ def _size(path: Path) -> int:
         return 0
 
 
-def growth(samples: Samples, shards: int, warm_up: float) -> dict[str, dict]:
+def growth(samples: Samples, shards: int, warm_up: float, interval: float) -> dict[str, dict]:
     """Per process class: its worst process's growth after warm-up (RSS and USS, from and to), and how many of
     its processes lived through the run."""
     end = next((t for t, done in samples.committed if done >= shards), samples.committed[-1][0])
-    warm = warm_up * end
-    window = (end - warm) / 10
+    warm = next(t for t, done in samples.committed if done >= warm_up * shards or t >= end)
+    window = max((end - warm) / 10, 3 * interval)  # a short run's windows still hold a few samples
     by_class: dict[str, dict] = {}
     for pid, points in samples.memory.items():
         early = [p for p in points if warm <= p[0] <= warm + window]
@@ -240,7 +240,7 @@ def run_soak(work: Path, soak: Soak, interval: float, warm_up: float, extra: lis
         "shards": soak.shards,
         "seconds": seconds,
         "summary": text.strip().splitlines()[-1],
-        "growth": growth(samples, soak.shards, warm_up),
+        "growth": growth(samples, soak.shards, warm_up, interval),
         "spilled_peak_mib": max(b for _, b in samples.spilled) / 2**20,
         "leftovers": leftovers(temp, out),
         "rows": check_rows(out, soak.expected),
@@ -272,7 +272,7 @@ def main() -> None:
     parser.add_argument("--shard-size", type=int, default=500)
     parser.add_argument("--size", type=int, default=160, help="longest side of the portraits, px")
     parser.add_argument("--interval", type=float, default=2.0, help="seconds between samples")
-    parser.add_argument("--warm-up", type=float, default=0.2, help="fraction of the run before growth counts")
+    parser.add_argument("--warm-up", type=float, default=0.2, help="shards committed before growth counts")
     parser.add_argument("--spill-limit-mib", type=float, default=256.0)
     parser.add_argument("--out", type=Path, default=BENCH / "out" / "soak.json")
     parser.add_argument("score_options", nargs="*", help="more `piqa score` options, after --")
