@@ -109,6 +109,15 @@ def test_the_gpu_layouts_stage_list_writes_and_commits_the_fused_actors_rows(sta
     assert_same_rows(committed, fused, stages)
 
 
+def test_the_fused_stage_takes_each_block_whole_as_the_read_cut_it(stages, tmp_path):
+    """With a batch size, Ray Data bundles blocks up to it before an actor's call: eight tars of 20 images went as
+    one call of 140 to one actor and one of 20 to the other, and nothing committed until the end."""
+    config = ScoreConfig(input="unused", output=str(tmp_path), bundle=stages.score_args["bundle"])
+    layout = plan_layout(config, total_cpus=2, total_gpus=0, node_cpus=2)
+    [fused] = model_stages(config, layout, stages.prepare_args["config"], stages.score_args["bundle_id"])
+    assert fused.name == "prepare-and-score" and fused.batch_size is None
+
+
 SAMPLES = Path(__file__).parents[1] / "samples" / "portraits"
 
 
