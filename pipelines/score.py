@@ -159,9 +159,12 @@ def _commit_shards(
     else:
         commit = ray.remote(**COMMITTER_ACTOR)(ShardCommitter).remote(**write).commit.remote
     ledger = ShardLedger(commit)
-    for batch in receipts:
-        check_lease()
-        ledger.add(batch)
+    try:
+        for batch in receipts:
+            check_lease()
+            ledger.add(batch)
+    finally:  # stopped (a lost lease, a failed commit, Ctrl-C): the stages stop now, not when the error is freed
+        getattr(receipts, "close", lambda: None)()
     shards = list(ledger.commits)
     results = list(ledger.commits.values()) if in_process else ray.get(list(ledger.commits.values()))
     counts = {shard: result for shard, result in zip(shards, results, strict=True) if result is not None}
