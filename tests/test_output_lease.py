@@ -75,8 +75,9 @@ def test_a_holder_that_reads_a_file_that_is_no_lease_keeps_its_lease(tmp_path, m
 
 
 def test_a_run_whose_lease_was_taken_over_stops_and_leaves_the_new_holder_be(shared_dir, tmp_path, monkeypatch):
-    """A run that stalled past LEASE_SECONDS (here: its lease replaced while it runs) stops at its next block with
-    one line, writes no manifest, and leaves the other run's lease in place."""
+    """A run that stalled past LEASE_SECONDS (here: its lease replaced while it runs, by a holder that renews it as
+    a run does) stops at its next block with one line, writes no manifest, and leaves the other run's lease in
+    place."""
     monkeypatch.setattr(leases, "HEARTBEAT_SECONDS", 0.1)
     photos = tmp_path / "in"
     photos.mkdir()
@@ -84,12 +85,36 @@ def test_a_run_whose_lease_was_taken_over_stops_and_leaves_the_new_holder_be(sha
         (photos / f"{number:02d}.jpg").write_bytes(path.read_bytes())
     out = tmp_path / "out"
     usurper = Lease("usurper", "render-node-7", 4242, "2026-12-03T10:00:00+00:00", time.time() + 3600)
-    replaced = threading.Thread(target=lambda: (wait_for((out / LEASE).exists, 60, "a lease"), place(out, usurper)))
+    done = threading.Event()
+
+    def take_over_and_renew() -> None:
+        # Renewed, as a run renews its lease: the stalled run may overwrite it once (a heartbeat it read before the
+        # take-over and wrote after), and then reads the new holder's at its next beat.
+        wait_for((out / LEASE).exists, 60, "a lease")
+        while not done.is_set():
+            place(out, usurper)
+            done.wait(0.05)
+
+    replaced = threading.Thread(target=take_over_and_renew)
+    seen = OutputLease.check
+
+    def check_with_the_new_holder_quiet(lease: OutputLease) -> None:
+        if lease.lost_to is not None:  # seen: the new holder stops writing, so what the run leaves behind shows
+            done.set()
+            replaced.join()
+        seen(lease)
+
+    monkeypatch.setattr(OutputLease, "check", check_with_the_new_holder_quiet)
     replaced.start()
-    with pytest.raises(OutputBusyError) as stopped:
-        score(photos, out, shard_size=2, runner="in-process")
-    replaced.join()
+    try:
+        with pytest.raises(OutputBusyError) as stopped:
+            score(photos, out, shard_size=2, runner="in-process")
+    finally:
+        done.set()
+        replaced.join()
     assert "stopped: another run took over the output" in str(stopped.value) and "run usurper" in str(stopped.value)
+    # Stopped while the error is still held: a stage thread left in torch aborts the interpreter at its exit.
+    assert not [thread.name for thread in threading.enumerate() if thread.name.startswith("stage-")]
     assert json.loads((out / LEASE).read_text())["run"] == "usurper"
     assert not (out / "_manifest.json").exists()
     assert len(list(out.glob("*.parquet"))) < 6
