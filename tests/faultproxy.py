@@ -5,7 +5,8 @@ upload part, complete, abort) or `other` (deletes, bucket calls); a `Fault` rule
 fraction of its requests with `503 SlowDown`, `500 InternalError` or `403 AccessDenied` (without forwarding
 them), forwards them and then cuts the connection halfway through the response (`reset`: a PUT is stored, the
 client never hears so), or delays them (`latency`); `HELD_OUT` faults are for the benchmark only. Draws come
-from a seeded generator, so a run's faults are reproducible; `injected` counts what was done per (class, fault),
+from a seeded generator per class, so the nth request of a class meets the same fault whatever the requests of
+other classes around it (their order varies from run to run); `injected` counts what was done per (class, fault),
 `requests` every request per class.
 
 The proxy runs its own event loop in a thread of the test process, so jobs in other processes (Ray workers, a
@@ -79,7 +80,7 @@ class FaultProxy:
         self.log: list[tuple[str, str, str]] = []  # (kind, fault, request target) of each fault injected
         self.requests: Counter[str] = Counter()
         self.seed = seed
-        self._random = random.Random(seed)
+        self._draws: dict[str, random.Random] = {}  # per class, seeded on first use
         self._lock = threading.Lock()
         self._loop = asyncio.new_event_loop()
         self._started = threading.Event()
@@ -108,7 +109,7 @@ class FaultProxy:
         """Replace the rules (none: a plain forwarder), start the counts and the draws again (the same requests in
         the same order meet the same faults)."""
         with self._lock:
-            self._random.seed(self.seed)
+            self._draws.clear()
             self.rules = list(rules)
             self.injected.clear()
             self.log.clear()
@@ -124,9 +125,10 @@ class FaultProxy:
     def _draw(self, kind: str, target: str) -> str | None:
         with self._lock:
             self.requests[kind] += 1
+            draws = self._draws.setdefault(kind, random.Random(f"{self.seed}:{kind}"))
             for rule in self.rules:
                 matches = rule.kind == kind and (rule.match is None or rule.match in target)
-                if matches and self._random.random() < rule.fraction:
+                if matches and draws.random() < rule.fraction:
                     self.injected[kind, rule.fault] += 1
                     self.log.append((kind, rule.fault, target))
                     return rule.fault

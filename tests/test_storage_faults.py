@@ -216,9 +216,9 @@ def test_a_retraining_job_keeps_its_checkpoints_and_features_in_s3_through_fault
     try:
         result = run_retraining(config)
     finally:
-        injected = Counter(kind for kind, _, _ in proxy.log)
+        injected, sent = Counter(kind for kind, _, _ in proxy.log), Counter(proxy.requests)
         proxy.inject()
-    assert injected["put"] >= 1 and injected["multipart"] >= 1, injected
+    assert injected["put"] >= 1 and injected["multipart"] >= 1, (injected, sent)
     assert result.run_id and math.isfinite(result.test["test/srcc_mean"])
     saved = sorted(moto.glob("faults/retrain/retrain-*/checkpoint_*/state.pt"))
     assert len(saved) == 2, saved  # num_to_keep=2 of 3 epochs
