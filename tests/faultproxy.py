@@ -106,8 +106,8 @@ class FaultProxy:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     def inject(self, *rules: Fault) -> None:
-        """Replace the rules (none: a plain forwarder), start the counts and the draws again (the same requests in
-        the same order meet the same faults)."""
+        """Replace the rules (none: a plain forwarder), start the counts and the draws again (the nth request of a
+        class meets the same fault as before)."""
         with self._lock:
             self._draws.clear()
             self.rules = list(rules)
@@ -125,7 +125,9 @@ class FaultProxy:
     def _draw(self, kind: str, target: str) -> str | None:
         with self._lock:
             self.requests[kind] += 1
-            draws = self._draws.setdefault(kind, random.Random(f"{self.seed}:{kind}"))
+            if kind not in self._draws:
+                self._draws[kind] = random.Random(f"{self.seed}:{kind}")
+            draws = self._draws[kind]
             for rule in self.rules:
                 matches = rule.kind == kind and (rule.match is None or rule.match in target)
                 if matches and draws.random() < rule.fraction:
