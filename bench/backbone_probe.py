@@ -7,8 +7,7 @@ packages; lite1 and lite2 are not dependencies: pip install them to probe them),
 starter config's splits at a short side of `size`. Two feature sets: the pooled last stage, and the mean and
 standard deviation of every stage from the third on. A ridge regression is fitted to MOS on the training and
 validation splits, its strength chosen by 5-fold cross-validation on them; the test split is read only for the
-figure printed. lite0 is the starter's
-network: its row is the baseline, measured in the same run.
+figure printed. lite0 is the starter's network: its row is the baseline, measured in the same run.
 """
 
 from __future__ import annotations
@@ -20,13 +19,14 @@ from pathlib import Path
 import numpy as np
 import torch
 from harness import REPO, write_results
-from PIL import Image
 from scipy.stats import spearmanr
 from sklearn.linear_model import Ridge
+from sklearn.pipeline import Pipeline, make_pipeline
+from sklearn.preprocessing import StandardScaler
 
 from piqa_model.backbones.efficientnet import EfficientNetLiteConfig, build_efficientnet_lite
 from piqa_model.crops import resize_short_side
-from piqa_model.images import to_uint8_tensor_chw
+from piqa_model.images import open_image, to_uint8_tensor_chw
 from training.config import TrainConfig
 from training.heldout import split_examples
 
@@ -41,24 +41,31 @@ def clive_splits(config_path: str) -> dict[str, list]:
     return {split: [e for e in split_examples(config, split) if e.dataset == "clive"] for split in SPLITS}
 
 
-def features(variant: str, size: int, examples: list) -> tuple[np.ndarray, np.ndarray]:
-    """(pooled last stage, per-stage mean and std) of each example, [N, F] each."""
+def features(variant: str, size: int, splits: dict[str, list]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """{split: (pooled last stage, per-stage mean and std)} of its examples, [N, F] each; one network for all."""
     net = build_efficientnet_lite(EfficientNetLiteConfig(timm_name=f"tf_efficientnet_{variant}"), pretrained=True)
     net.eval()
     stages: dict[int, torch.Tensor] = {}
     for index, block in enumerate(net.blocks):
         block.register_forward_hook(lambda _m, _a, out, index=index: stages.__setitem__(index, out))
-    mean, std = net.pretrained_cfg["mean"], net.pretrained_cfg["std"]
-    pooled, statistics = [], []
+    mean = torch.tensor(net.pretrained_cfg["mean"]).view(1, 3, 1, 1)
+    std = torch.tensor(net.pretrained_cfg["std"]).view(1, 3, 1, 1)
+    found = {}
     with torch.no_grad():
-        for example in examples:
-            image = resize_short_side(Image.open(example.uri).convert("RGB"), size)
-            pixels = to_uint8_tensor_chw(image).unsqueeze(0).float() / 255
-            pixels = (pixels - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
-            pooled.append(net(pixels)[0].numpy())
-            maps = [stages[i][0] for i in range(FIRST_STAGE, len(net.blocks))]
-            statistics.append(torch.cat([s for m in maps for s in (m.mean((1, 2)), m.std((1, 2)))]).numpy())
-    return np.stack(pooled), np.stack(statistics)
+        for split, examples in splits.items():
+            pooled, statistics = [], []
+            for example in examples:
+                image = resize_short_side(open_image(Path(example.uri).read_bytes()), size)
+                pooled.append(net((to_uint8_tensor_chw(image).unsqueeze(0) / 255 - mean) / std)[0].numpy())
+                maps = [stages[i][0] for i in range(FIRST_STAGE, len(net.blocks))]
+                statistics.append(torch.cat([s for m in maps for s in (m.mean((1, 2)), m.std((1, 2)))]).numpy())
+            found[split] = np.stack(pooled), np.stack(statistics)
+    return found
+
+
+def ridge(alpha: float, features: np.ndarray, labels: np.ndarray) -> Pipeline:
+    """A ridge on standardised features, fitted."""
+    return make_pipeline(StandardScaler(), Ridge(alpha=alpha)).fit(features, labels)
 
 
 def ridge_srcc(fit: np.ndarray, fit_labels: list[float], test: np.ndarray, test_labels: list[float]) -> dict:
@@ -72,15 +79,12 @@ def ridge_srcc(fit: np.ndarray, fit_labels: list[float], test: np.ndarray, test_
         scores = []
         for held in folds:
             kept = np.setdiff1d(order, held)
-            centre, scale = fit[kept].mean(0), fit[kept].std(0) + 1e-6
-            model = Ridge(alpha=alpha).fit((fit[kept] - centre) / scale, labels[kept])
-            scores.append(float(spearmanr(labels[held], model.predict((fit[held] - centre) / scale))[0]))
+            predicted = ridge(alpha, fit[kept], labels[kept]).predict(fit[held])
+            scores.append(float(spearmanr(labels[held], predicted)[0]))
         if best is None or np.mean(scores) > best["cv"]:
             best = {"alpha": alpha, "cv": float(np.mean(scores))}
     assert best is not None
-    centre, scale = fit.mean(0), fit.std(0) + 1e-6
-    model = Ridge(alpha=best["alpha"]).fit((fit - centre) / scale, labels)
-    best["test"] = float(spearmanr(test_labels, model.predict((test - centre) / scale))[0])
+    best["test"] = float(spearmanr(test_labels, ridge(best["alpha"], fit, labels).predict(test))[0])
     return best
 
 
@@ -99,7 +103,7 @@ def main() -> None:
     for variant in args.variants.split(","):
         for size in (int(s) for s in args.sizes.split(",")):
             started = time.perf_counter()
-            by_split = {split: features(variant, size, examples) for split, examples in splits.items()}
+            by_split = features(variant, size, splits)
             seconds = time.perf_counter() - started
             for name, column in (("pooled last stage", 0), ("per-stage mean+std", 1)):
                 fitting = np.concatenate([by_split["train"][column], by_split["val"][column]])
