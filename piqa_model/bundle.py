@@ -63,15 +63,23 @@ class BundleInfo:
         return None if self.score_scale is None else ScoreScale(**self.score_scale)
 
 
-def save_bundle(net: DualBranchNet, path: str | Path, info: BundleInfo, card: str | None = None) -> Path:
-    """Write `net` as a bundle directory at `path` (replaced atomically if it exists)."""
+def save_bundle(
+    net: DualBranchNet,
+    path: str | Path,
+    info: BundleInfo,
+    card: str | None = None,
+    weights_dtype: torch.dtype | None = None,
+) -> Path:
+    """Write `net` as a bundle directory at `path` (replaced atomically if it exists). `weights_dtype` (e.g.
+    torch.float16, half the size) stores the floating-point tensors in that type; loading casts them back to the
+    network's own, so scores change by that rounding only."""
     path = Path(path)
     if net.liqe is not None:
         net.liqe.prompt_features()
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
-        state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+        state = {k: _stored(v, weights_dtype) for k, v in net.state_dict().items()}
         save_file(state, staging / WEIGHTS_FILE)
         with open(staging / WEIGHTS_FILE, "rb") as weights:
             recorded = _weights_id(weights, info)
@@ -88,6 +96,13 @@ def save_bundle(net: DualBranchNet, path: str | Path, info: BundleInfo, card: st
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return path
+
+
+def _stored(tensor: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
+    tensor = tensor.detach().cpu()
+    if dtype is not None and tensor.is_floating_point():
+        tensor = tensor.to(dtype)
+    return tensor.contiguous()
 
 
 def bundle_files(path: str | Path) -> dict[str, bytes]:

@@ -104,6 +104,8 @@ class ModelConfig:
 SMALL_SWIN = SwinConfig(embed_dim=32, depths=(1, 1, 1, 1), num_heads=(1, 2, 4, 8))
 SMALL_SWIN_224 = dataclasses.replace(SMALL_SWIN, img_size=224, window_size=7)
 
+LITE2_STAGE_STATS = EfficientNetLiteConfig(timm_name="tf_efficientnet_lite2", pool="stage-stats")
+
 TINY_LIQE = LiqeConfig(
     embed_dim=32,
     vision_width=64,
@@ -131,6 +133,18 @@ PRESETS: dict[str, ModelConfig] = {
         name="lite0-352",
         overall=EfficientNetLiteConfig(),
         face=EfficientNetLiteConfig(),
+        aux="none",
+        liqe=None,
+        resize=352,
+        crop=352,
+        crop_mode="center",
+    ),
+    # Two EfficientNet-Lite2 branches read through the mean and std of their stages 2-6 (not the pooled last
+    # stage), one centre view of a 352-pixel short side each.
+    "lite2-352": ModelConfig(
+        name="lite2-352",
+        overall=LITE2_STAGE_STATS,
+        face=LITE2_STAGE_STATS,
         aux="none",
         liqe=None,
         resize=352,

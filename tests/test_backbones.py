@@ -77,11 +77,12 @@ def test_efficientnet_lite_keeps_its_batch_norms_frozen_and_runs_channels_last()
     torch.testing.assert_close(backbone.bn1.running_mean, before)  # training batches leave the statistics alone
 
 
-def test_packaged_imagenet_weights_load_strictly_and_recognise_a_suit(repo_root: Path):
-    assert pretrained_weights_file("lite0").is_file()
-    model = timm.create_model("tf_efficientnet_lite0", num_classes=1000)
+@pytest.mark.parametrize("variant", ["lite0", "lite2"])
+def test_packaged_imagenet_weights_load_strictly_and_recognise_a_suit(repo_root: Path, variant: str):
+    assert pretrained_weights_file(variant).is_file()
+    model = timm.create_model(f"tf_efficientnet_{variant}", num_classes=1000)
     random_head = model.classifier.weight.clone()
-    load_pretrained(model, "lite0")  # raises on any missing or unexpected key
+    load_pretrained(model, variant)  # raises on any missing or unexpected key
     assert not torch.equal(model.classifier.weight, random_head)
     image = Image.open(repo_root / "samples" / "portraits" / "congress_B001260.jpg").convert("RGB")
     transform = timm.data.create_transform(**timm.data.resolve_data_config({}, model=model))
@@ -96,6 +97,37 @@ def test_pretrained_network_branches_carry_the_imagenet_weights():
     load_pretrained(reference, "lite0")
     torch.testing.assert_close(net.face.conv_head.weight, reference.conv_head.weight)
     torch.testing.assert_close(net.overall.bn2.running_var, reference.bn2.running_var)
+
+
+def test_stage_statistics_are_the_mean_and_std_of_each_stage_from_the_first_named():
+    config = EfficientNetLiteConfig(timm_name="tf_efficientnet_lite2", pool="stage-stats", first_stage=4)
+    backbone = build_backbone(config, pretrained=True).eval()
+    reference = timm.create_model("tf_efficientnet_lite2", num_classes=0)
+    load_pretrained(reference, "lite2")
+    maps = []
+    for stage in reference.blocks[4:]:
+        stage.register_forward_hook(lambda _module, _args, out: maps.append(out))
+    pixels = torch.rand(2, 3, 96, 128)
+    with torch.no_grad():
+        reference.eval()(pixels)
+        found = backbone(pixels)
+    expected = torch.cat([s for m in maps for s in (m.mean((2, 3)), m.std((2, 3), correction=0))], dim=1)
+    assert found.shape == (2, config.feature_width) == (2, backbone.num_features)
+    assert config.feature_width == 2 * (120 + 208 + 352)  # lite2's stages 4, 5 and 6
+    torch.testing.assert_close(found, expected, rtol=1e-4, atol=1e-5)
+    assert not any(name.startswith("conv_head") for name, _ in backbone.named_parameters())  # unused: dropped
+
+
+def test_stage_statistics_are_a_checked_option():
+    with pytest.raises(ConfigError, match="pool must be one of 'last', 'stage-stats'"):
+        EfficientNetLiteConfig(pool="max")
+    with pytest.raises(ConfigError, match="first_stage must be in 0..6"):
+        build_backbone(EfficientNetLiteConfig(pool="stage-stats", first_stage=7))
+    stats = piqa_model.preset("lite2-352").overall
+    assert backbone_config_from_dict(dataclasses.asdict(stats)) == stats
+    written_before = dataclasses.asdict(EfficientNetLiteConfig())
+    del written_before["pool"], written_before["first_stage"]
+    assert backbone_config_from_dict(written_before) == EfficientNetLiteConfig()  # the pooled last stage, as before
 
 
 def test_freeze_names_parameters_by_prefix():

@@ -49,6 +49,19 @@ def test_the_starter_records_the_id_of_its_weights():
     assert recorded == bundle_id(files, read_bundle_config(files)[1]) == inspect_bundle(SHIPPED_BUNDLE)[2]
 
 
+def test_a_bundle_stored_in_half_precision_loads_into_full_precision_and_scores_alike(saved, tmp_path):
+    net, info, _ = read_bundle(saved[0])
+    half = piqa_model.save_bundle(net, tmp_path / "half", info, weights_dtype=torch.float16)
+    stored = load_file(half / WEIGHTS_FILE)
+    assert {t.dtype for t in stored.values() if t.is_floating_point()} == {torch.float16}
+    assert (half / WEIGHTS_FILE).stat().st_size < 0.6 * (saved[0] / WEIGHTS_FILE).stat().st_size
+    loaded, _, _ = read_bundle(half)
+    assert {p.dtype for p in loaded.parameters()} == {torch.float32}
+    crops = torch.randint(0, 256, (2, 5, 3, 384, 384), dtype=torch.uint8)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.score_images(crops, crops), net.score_images(crops, crops), atol=2e-3, rtol=0)
+
+
 def test_inspect_reads_the_config_and_id_without_loading_the_weights(saved, tmp_path):
     path = copy_of(saved, tmp_path / "bundle")
     weights = bytearray((path / WEIGHTS_FILE).read_bytes())

@@ -8,10 +8,15 @@ Batch norms are frozen (timm's `FrozenBatchNormAct2d`: the ImageNet statistics a
 Quality training batches are small and made of versions of a few photos, whose statistics would pull the running
 means away from anything the rest of the network was trained for; inference is unchanged by the freeze.
 Convolutions run in channels-last memory format, about twice as fast on a CPU as the default layout.
+
+`pool="stage-stats"` replaces the pooled last stage (the 1x1 head convolution and its average) by the mean and the
+standard deviation over positions of every stage's output from `first_stage` on: quality lives in low- and mid-level
+statistics (sharpness, noise, exposure) that an ImageNet head pools away. The head convolution is then dropped.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 import re
 from dataclasses import dataclass
@@ -24,8 +29,10 @@ from torch import nn
 from piqa_model.backbones.registry import Family, load_weights_strictly, register_family
 from piqa_model.backbones.timm_family import TimmConfig, create_headless
 from piqa_model.errors import ConfigError, WeightsError, WeightsUnavailableError
+from piqa_model.options import check_choice
 
 VARIANTS = ("lite0", "lite1", "lite2")
+Pooling = Literal["last", "stage-stats"]
 
 # efficientnet_pytorch's per-block names -> timm's, for the first block (depthwise-separable, no expansion) and
 # for every other block (inverted residual).
@@ -51,9 +58,18 @@ _STEM_AND_HEAD = {
 class EfficientNetLiteConfig(TimmConfig):
     timm_name: str = "tf_efficientnet_lite0"
     family: Literal["efficientnet-lite"] = "efficientnet-lite"
+    pool: Pooling = "last"
+    first_stage: int = 2
 
     def __post_init__(self) -> None:
         self.variant  # noqa: B018  (validates the name)
+        check_choice("pool", self.pool, Pooling)
+
+    @property
+    def feature_width(self) -> int:
+        if self.pool == "last":
+            return super().feature_width
+        return _stage_stats_width(self)
 
     @property
     def variant(self) -> str:
@@ -113,12 +129,47 @@ def load_pretrained(model: nn.Module, variant: str) -> None:
     load_weights_strictly(model, weights, f"EfficientNet-{variant}")
 
 
+class StageStatistics(nn.Module):
+    """A timm EfficientNet's stem and stages; forward gives [N, C]: the mean and std over positions of each stage's
+    output from `first_stage` on. Its state-dict keys are the timm model's (`conv_stem.*`, `blocks.S.I.*`)."""
+
+    def __init__(self, model: nn.Module, first_stage: int) -> None:
+        super().__init__()
+        if not 0 <= first_stage < len(model.blocks):
+            raise ConfigError(f"first_stage must be in 0..{len(model.blocks) - 1}, not {first_stage}")
+        self.conv_stem, self.bn1, self.blocks = model.conv_stem, model.bn1, model.blocks
+        self.first_stage = first_stage
+        self.pretrained_cfg = model.pretrained_cfg
+        probe = torch.zeros(1, 3, 32, 32, device=next(model.parameters()).device)
+        with torch.no_grad():
+            self.num_features = int(self.eval()(probe).shape[1])
+        self.train()
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        x = self.bn1(self.conv_stem(pixels))
+        statistics = []
+        for index, stage in enumerate(self.blocks):
+            x = stage(x)
+            if index >= self.first_stage:
+                std, mean = torch.std_mean(x, dim=(2, 3), correction=0)
+                statistics += [mean, std]
+        return torch.cat(statistics, dim=1)
+
+
+@functools.cache
+def _stage_stats_width(config: EfficientNetLiteConfig) -> int:
+    with torch.device("meta"):
+        return StageStatistics(create_headless(config, pretrained=False), config.first_stage).num_features
+
+
 def build_efficientnet_lite(config: EfficientNetLiteConfig, pretrained: bool = False) -> nn.Module:
     from timm.layers import freeze_batch_norm_2d
 
     model = create_headless(config, pretrained=False)
     if pretrained:
         load_pretrained(model, config.variant)
+    if config.pool == "stage-stats":
+        model = StageStatistics(model, config.first_stage)
     model = freeze_batch_norm_2d(model).to(memory_format=torch.channels_last)
     model.register_forward_pre_hook(_channels_last_input)
     return model
