@@ -74,13 +74,15 @@ $(BRISQUE_ENV)/.installed:
 
 brisque-env: $(BRISQUE_ENV)/.installed
 
-# Held-out quality of the shipped starter beside the one before it (from git) and BRISQUE: BENCHMARKS.md's table.
-OLD_STARTER := bench/out/old-starter
+# Held-out quality of the shipped starter beside the ones before it (from git: `old`, the small Swin; `lite0`, the
+# EfficientNet-Lite0 one) and BRISQUE: BENCHMARKS.md's table.
+PREVIOUS_STARTERS := old=b66bf5b lite0=d1680cf
 quality: $(STAMP) brisque-env
-	mkdir -p $(OLD_STARTER)
-	for f in config.json model.safetensors MODEL_CARD.md; do \
-		git show b66bf5b:piqa_model/assets/starter/$$f > $(OLD_STARTER)/$$f; done
-	$(HYGIENE) $(BIN)/python bench/quality.py --bundle starter=piqa_model/assets/starter --bundle old=$(OLD_STARTER)
+	for previous in $(PREVIOUS_STARTERS); do name=$${previous%%=*}; mkdir -p bench/out/$$name-starter; \
+		for f in config.json model.safetensors MODEL_CARD.md; do \
+			git show $${previous#*=}:piqa_model/assets/starter/$$f > bench/out/$$name-starter/$$f; done; done
+	$(HYGIENE) $(BIN)/python bench/quality.py --bundle starter=piqa_model/assets/starter \
+		--bundle old=bench/out/old-starter --bundle lite0=bench/out/lite0-starter
 
 clean:
 	rm -rf demo-out bench/out .pytest_cache

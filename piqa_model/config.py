@@ -54,6 +54,8 @@ class ModelConfig:
     aux_width: int = 495
     head_hidden: int = 128
     dropout: float = 0.1
+    # The head reads its inputs standardised by statistics fitted on training images at the start of training.
+    standardise_features: bool = False
     resize: int = 448
     crop: int = 384
     crop_mode: CropMode = "five"
@@ -150,6 +152,7 @@ PRESETS: dict[str, ModelConfig] = {
         resize=352,
         crop=352,
         crop_mode="center",
+        standardise_features=True,
     ),
 }
 

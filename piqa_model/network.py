@@ -16,6 +16,26 @@ from piqa_model.onednn import use_onednn_linear
 Branch = Literal["overall", "face"]
 
 
+class Standardise(nn.Module):
+    """`(x - shift) / scale` with fixed per-feature statistics, fitted once on training images (`fit`), so that the
+    head reads every feature on one scale (per-stage means and stds sit at offsets and spreads of their own), as a
+    ridge regression on standardised features does."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.register_buffer("shift", torch.zeros(width))
+        self.register_buffer("scale", torch.ones(width))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return (features - self.shift) / self.scale
+
+    @torch.no_grad()
+    def fit(self, features: torch.Tensor) -> None:
+        """Set the statistics from head inputs [N, width] of training images."""
+        self.shift.copy_(features.mean(0))
+        self.scale.copy_(features.std(0).clamp_min(1e-6))
+
+
 class DualBranchNet(nn.Module):
     """The DN-PIQA network.
 
@@ -32,6 +52,7 @@ class DualBranchNet(nn.Module):
         self.liqe: LiqeBranch | None = None
         if config.aux == "liqe" and config.liqe is not None:
             self.liqe = LiqeBranch.from_pretrained_clip(config.liqe) if pretrained else LiqeBranch(config.liqe)
+        self.standardise = Standardise(config.head_input_width) if config.standardise_features else None
         self.quality = nn.Sequential(
             nn.Linear(config.head_input_width, config.head_hidden),
             nn.ReLU(),
@@ -78,6 +99,13 @@ class DualBranchNet(nn.Module):
 
     def forward_crops(self, overall: torch.Tensor, face: torch.Tensor, aux: torch.Tensor | None = None) -> torch.Tensor:
         """Scores [N, 1] of N crop pairs (normalised float [N, 3, S, S]) and their aux vectors [N, 495]."""
+        features = self.head_inputs(overall, face, aux)
+        if self.standardise is not None:
+            features = self.standardise(features)
+        return self.quality(features)
+
+    def head_inputs(self, overall: torch.Tensor, face: torch.Tensor, aux: torch.Tensor | None = None) -> torch.Tensor:
+        """What the head reads, before any standardisation: both branches' features and aux, [N, head_input_width]."""
         if self.uses_aux and aux is None:
             raise ConfigError("this network reads LIQE features: pass aux [N, 495]")
         if not self.uses_aux and aux is not None:
@@ -85,7 +113,7 @@ class DualBranchNet(nn.Module):
         features = [self.overall(overall), self.face(face)]
         if aux is not None:
             features.append(aux.to(features[0].dtype))
-        return self.quality(torch.cat(features, dim=1))
+        return torch.cat(features, dim=1)
 
     def forward(self, overall: torch.Tensor, face: torch.Tensor, aux: torch.Tensor | None = None) -> torch.Tensor:
         """`forward_crops`, as the module's call: DistributedDataParallel synchronises gradients only through it."""

@@ -7,15 +7,19 @@ from collections import Counter
 
 import numpy as np
 import pytest
+import torch
 
+import piqa_model
 from jobs.cli import run
 from jobs.retrain import build_parser, config_from_args
+from piqa_model.bundle import read_bundle
 from piqa_model.errors import ConfigError
 from training.config import TrainConfig
-from training.data import group_batches
+from training.data import collate, group_batches
+from training.loop import fit_standardisation, network_inputs
 from training.promotion import decide
 from training.sources import LabelledImage
-from training.table import build_table, select, snapshot_id
+from training.table import Example, build_table, select, snapshot_id
 
 
 def images(dataset: str, groups: int, per_group: int, split: str | None = None) -> list[LabelledImage]:
@@ -151,3 +155,27 @@ def test_initial_bundle_from_the_jobs_own_registry(tmp_path, monkeypatch):
     )
     files, source = initial_bundle(config)
     assert files == bundle_files(bundle) and source == "models:/portrait-quality@champion (version 1)"
+
+
+def test_head_input_standardisation_is_fitted_on_training_views_and_travels_in_the_bundle(tmp_path):
+    config = piqa_model.preset("lite0-352").replace(standardise_features=True, resize=64, crop=64)
+    net = piqa_model.DualBranchNet(config)
+    rng = np.random.default_rng(0)
+    views = [torch.from_numpy(rng.integers(0, 256, (1, 3, 64, 64), dtype=np.uint8)) for _ in range(40)]
+    example = Example("/d/x.png", 1.0, 0.0, None, "d/g", "d", "train")
+    dataset = [(view, view.flip(-1), None, example) for view in views]
+    inputs = network_inputs(net, collate(dataset), torch.device("cpu"))
+    with torch.no_grad():
+        before = net.eval().forward_crops(*inputs)
+        fit_standardisation(net, dataset, seed=0, device=torch.device("cpu"))
+        standardised = net.standardise(net.head_inputs(*inputs))
+        after = net.forward_crops(*inputs)
+    torch.testing.assert_close(standardised.mean(0), torch.zeros(config.head_input_width), atol=1e-4, rtol=0)
+    varying = net.standardise.scale > 1e-5  # some of a random network's features are constant (dead units)
+    assert varying.float().mean() > 0.5
+    torch.testing.assert_close(standardised.std(0)[varying], torch.ones(int(varying.sum())), atol=1e-3, rtol=0)
+    assert not torch.allclose(before, after)
+    path = piqa_model.save_bundle(net, tmp_path / "bundle", piqa_model.BundleInfo("s", False))
+    loaded = read_bundle(path)[0]
+    torch.testing.assert_close(loaded.standardise.shift, net.standardise.shift)
+    assert piqa_model.DualBranchNet(piqa_model.preset("small")).standardise is None  # the paper's head reads raw

@@ -71,6 +71,9 @@ class TrackingConfig:
     promotion_metric: str = "srcc_mean"
 
 
+FRESH_INITS = ("pretrained", "hub", "scratch")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     preset: str = "dn-piqa"  # architecture when `init` is "pretrained" or "scratch"
@@ -99,6 +102,11 @@ class TrainConfig:
         check_choice("precision", self.precision, TrainPrecision)
         if not (self.data.piq23 or self.data.manifests or self.data.curated):
             raise ConfigError("no training data: set data.piq23, data.manifests or data.curated")
+
+    @property
+    def starts_fresh(self) -> bool:
+        """True when `init` builds a new network (pretrained backbones or random weights), not a bundle's."""
+        return self.init in FRESH_INITS
 
     @property
     def effective_precision(self) -> str:

@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from pipelines.storage import Storage
@@ -23,12 +24,13 @@ from piqa_model.bundle import read_bundle_files
 from piqa_model.errors import ConfigError
 from piqa_model.losses import fidelity_loss, sample_pairs
 from training.config import TrainConfig
-from training.data import ExampleDataset, collate, group_batches
+from training.data import Batch, ExampleDataset, collate, group_batches
 from training.evaluate import flat_metrics, group_reports, predict_examples, score_array
 from training.features import ImageFeatures
 from training.table import Example, select
 
 STATE_FILE = "state.pt"
+STANDARDISE_IMAGES = 256
 SELECTION_METRIC = "val/srcc_mean"
 # What Ray Train receives (and logs) per epoch; every metric goes to MLflow and into the checkpoint's history.
 HEADLINE = ("epoch", "train/loss", "val/srcc_mean", "test/srcc_mean", "epoch_seconds")
@@ -94,6 +96,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         for name, examples in splits.items()
     }
     tracker = _EpochLogger(inputs.tracking_uri, inputs.mlflow_run_id) if rank == 0 else None
+    if net.standardise is not None and checkpoint is None and config.starts_fresh:
+        fit_standardisation(net, datasets["train"], config.seed, device)
 
     for epoch in range(state["epoch"], config.optim.epochs):
         started = time.time()
@@ -110,11 +114,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         total, steps = 0.0, 0
         for indices in batches:
             batch = collate([datasets["train"][i] for i in indices])
-            overall = net.normalise(batch.overall.flatten(0, 1).to(device), "overall")
-            face = net.normalise(batch.face.flatten(0, 1).to(device), "face")
-            aux = None if batch.aux is None else batch.aux.to(device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-                pred = model(overall, face, aux).float().squeeze(1)
+                pred = model(*network_inputs(net, batch, device)).float().squeeze(1)
             pairs = sample_pairs(batch.groups).to(device)
             target = batch.target.to(device)
             std = None if batch.target_std is None else batch.target_std.to(device)
@@ -156,6 +157,26 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             tracker.log(metrics, step=epoch)
             print(_progress_line(metrics, config.optim.epochs), flush=True)
         _report({k: v for k, v in metrics.items() if k in HEADLINE}, state if rank == 0 else None)
+
+
+def network_inputs(net: DualBranchNet, batch: Batch, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """A batch's (overall, face, aux) as the network's forward reads them: normalised crops, on `device`."""
+    overall = net.normalise(batch.overall.flatten(0, 1).to(device), "overall")
+    face = net.normalise(batch.face.flatten(0, 1).to(device), "face")
+    return overall, face, None if batch.aux is None else batch.aux.to(device)
+
+
+def fit_standardisation(net: DualBranchNet, dataset: ExampleDataset, seed: int, device: torch.device) -> None:
+    """Fit the head's input standardisation on up to STANDARDISE_IMAGES training views (a seeded draw: every
+    worker fits the same statistics)."""
+    order = np.random.default_rng(seed).permutation(len(dataset))[:STANDARDISE_IMAGES]
+    net.eval()
+    with torch.no_grad():
+        features = [
+            net.head_inputs(*network_inputs(net, collate([dataset[int(i)] for i in chunk]), device))
+            for chunk in np.array_split(order, -(-len(order) // 16))
+        ]
+    net.standardise.fit(torch.cat(features).float())
 
 
 def freeze_parameters(net: DualBranchNet, prefixes: tuple[str, ...]) -> int:

@@ -84,7 +84,7 @@ def initial_bundle(config: TrainConfig) -> tuple[dict[str, bytes], str]:
         with tempfile.TemporaryDirectory() as cache:
             path = download_registered_bundle(config.init, Path(cache), absolute_tracking_uri(config.tracking.uri))
             return bundle_files(path), f"{config.init} (version {path.name.removeprefix('v')})"
-    if config.init not in ("pretrained", "hub", "scratch"):
+    if not config.starts_fresh:
         return bundle_files(config.init), config.init
     import torch
 

@@ -13,13 +13,16 @@ import json
 import tempfile
 from pathlib import Path
 
-from piqa_model.bundle import CONFIG_FILE, SHIPPED_BUNDLE, read_bundle, save_bundle
+import torch
+
+from piqa_model.bundle import CARD_FILE, CONFIG_FILE, SHIPPED_BUNDLE, read_bundle, save_bundle
 from piqa_model.calibration import ScoreScale
 from piqa_model.registry import download_registered_bundle
 from training.config import TrainConfig
 from training.evaluate import metrics_table
 from training.heldout import bundle_scores, split_examples, summarise, test_series
 
+STORED_AS = torch.float16
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "starter.yaml"
 
 DESCRIPTION = (
@@ -78,11 +81,14 @@ def per_kind_table(bundle: Path, config: TrainConfig) -> str:
 def ship(uri: str, tracking_uri: str, config: TrainConfig, out: Path = SHIPPED_BUNDLE) -> Path:
     """Copy the bundle at registry `uri` to `out`, calibrated, with the starter's description and card."""
     with tempfile.TemporaryDirectory() as directory:
-        source = download_registered_bundle(uri, Path(directory), tracking_uri)
-        net, info, _ = read_bundle(source)
+        registered = download_registered_bundle(uri, Path(directory), tracking_uri)
+        net, info, _ = read_bundle(registered)
+        # Stored in half precision (the repository's size limit); the scale and the figures are the stored model's.
+        source = save_bundle(net, Path(directory) / "half", info, (registered / CARD_FILE).read_text(), STORED_AS)
+        net, _, _ = read_bundle(source)
         scale = fit_scale(source, config)
         kinds = per_kind_table(source, config)
-        sections = (source / "MODEL_CARD.md").read_text().split("\n## ")[1:]  # Data, Recipe, Test metrics, ...
+        sections = (source / CARD_FILE).read_text().split("\n## ")[1:]  # Data, Recipe, Test metrics, ...
         datasets = sorted({key.split("/")[1] for key in info.metrics if key.count("/") == 2})
         sections = [
             f"Test metrics\n\n{metrics_table(info.metrics, datasets)}\n" if title.startswith("Test metrics") else title
@@ -111,7 +117,7 @@ def ship(uri: str, tracking_uri: str, config: TrainConfig, out: Path = SHIPPED_B
             f"# Model card: starter ({net.config.name})\n\n{PREFACE}{provenance}"
             f"{SCALE.format(fitted_on=scale.fitted_on)}{held_out}{rest}"
         )
-        path = save_bundle(net, out, starter, card)
+        path = save_bundle(net, out, starter, card, STORED_AS)
     document = json.loads((path / CONFIG_FILE).read_text())
     print(f"shipped {uri} to {path} ({sum(f.stat().st_size for f in path.iterdir()) / 1e6:.1f} MB)")
     print(json.dumps({k: round(v, 4) for k, v in document["bundle"]["metrics"].items() if "srcc" in k}, indent=2))
