@@ -13,11 +13,13 @@ import piqa_model
 from jobs.cli import run
 from jobs.retrain import build_parser, config_from_args
 from piqa_model.bundle import read_bundle
+from piqa_model.config import PRESETS
 from piqa_model.errors import ConfigError
 from training.config import TrainConfig
 from training.data import collate, group_batches
 from training.loop import fit_standardisation, network_inputs
 from training.promotion import decide
+from training.retrain import config_hash
 from training.sources import LabelledImage
 from training.table import Example, build_table, select, snapshot_id
 
@@ -179,3 +181,12 @@ def test_head_input_standardisation_is_fitted_on_training_views_and_travels_in_t
     loaded = read_bundle(path)[0]
     torch.testing.assert_close(loaded.standardise.shift, net.standardise.shift)
     assert piqa_model.DualBranchNet(piqa_model.preset("small")).standardise is None  # the paper's head reads raw
+
+
+def test_a_fresh_start_is_a_new_training_when_its_preset_changes(monkeypatch):
+    config = TrainConfig.from_dict({"preset": "small", "data": {"manifests": ["m.csv"]}})
+    from_bundle = config.replace(init="bundles/champion")
+    before = config_hash(config), config_hash(from_bundle)
+    monkeypatch.setitem(PRESETS, "small", PRESETS["small"].replace(head_hidden=64))
+    assert config_hash(config) != before[0]
+    assert config_hash(from_bundle) == before[1]  # a bundle brings its own network

@@ -71,9 +71,12 @@ def load_sources(config: TrainConfig, storage: Storage) -> tuple[list[list[Label
 
 
 def config_hash(config: TrainConfig) -> str:
-    """What makes two jobs train the same model on the same data (where results are tracked does not)."""
+    """What makes two jobs train the same model on the same data (where results are tracked does not). A fresh
+    start's architecture is the preset's definition, not only its name: a preset changed by an upgrade trains anew."""
     document = config.to_dict()
     document.pop("tracking")
+    if config.starts_fresh:
+        document["architecture"] = preset(config.preset).to_dict()
     return hashlib.sha256(json.dumps(document, sort_keys=True).encode()).hexdigest()[:12]
 
 
