@@ -172,7 +172,7 @@ def test_head_input_standardisation_is_fitted_on_training_views_and_travels_in_t
         fit_standardisation(net, dataset, seed=0, device=torch.device("cpu"))
         standardised = net.standardise(net.head_inputs(*inputs))
         after = net.forward_crops(*inputs)
-    torch.testing.assert_close(standardised.mean(0), torch.zeros(config.head_input_width), atol=1e-4, rtol=0)
+    torch.testing.assert_close(standardised.mean(0), torch.zeros(config.head_input_width), atol=1e-3, rtol=0)
     varying = net.standardise.scale > 1e-5  # some of a random network's features are constant (dead units)
     assert varying.float().mean() > 0.5
     torch.testing.assert_close(standardised.std(0)[varying], torch.ones(int(varying.sum())), atol=1e-3, rtol=0)
