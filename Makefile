@@ -78,11 +78,12 @@ brisque-env: $(BRISQUE_ENV)/.installed
 # EfficientNet-Lite0 one) and BRISQUE: BENCHMARKS.md's table.
 PREVIOUS_STARTERS := old=b66bf5b lite0=d1680cf
 quality: $(STAMP) brisque-env
-	for previous in $(PREVIOUS_STARTERS); do name=$${previous%%=*}; mkdir -p bench/out/$$name-starter; \
+	bundles="--bundle starter=piqa_model/assets/starter"; \
+	for previous in $(PREVIOUS_STARTERS); do name=$${previous%%=*}; dir=bench/out/$$name-starter; mkdir -p $$dir; \
 		for f in config.json model.safetensors MODEL_CARD.md; do \
-			git show $${previous#*=}:piqa_model/assets/starter/$$f > bench/out/$$name-starter/$$f; done; done
-	$(HYGIENE) $(BIN)/python bench/quality.py --bundle starter=piqa_model/assets/starter \
-		--bundle old=bench/out/old-starter --bundle lite0=bench/out/lite0-starter
+			git show $${previous#*=}:piqa_model/assets/starter/$$f > $$dir/$$f; done; \
+		bundles="$$bundles --bundle $$name=$$dir"; done; \
+	$(HYGIENE) $(BIN)/python bench/quality.py $$bundles
 
 clean:
 	rm -rf demo-out bench/out .pytest_cache
