@@ -172,10 +172,15 @@ def test_head_input_standardisation_is_fitted_on_training_views_and_travels_in_t
         fit_standardisation(net, dataset, seed=0, device=torch.device("cpu"))
         standardised = net.standardise(net.head_inputs(*inputs))
         after = net.forward_crops(*inputs)
-    torch.testing.assert_close(standardised.mean(0), torch.zeros(config.head_input_width), atol=1e-3, rtol=0)
-    varying = net.standardise.scale > 1e-5  # some of a random network's features are constant (dead units)
+    # The fit runs in batches of 16, this check in one batch of 40: float rounding of a feature differs between the
+    # two by about 1e-6 of its size, so only features whose spread is not tiny beside their size are checked
+    # (a random network has dead, near-constant units).
+    shift, scale = net.standardise.shift, net.standardise.scale
+    varying = scale > 1e-2 * shift.abs().clamp_min(1.0)
     assert varying.float().mean() > 0.5
-    torch.testing.assert_close(standardised.std(0)[varying], torch.ones(int(varying.sum())), atol=1e-3, rtol=0)
+    ones = torch.ones(int(varying.sum()))
+    torch.testing.assert_close(standardised.mean(0)[varying], 0 * ones, atol=1e-3, rtol=0)
+    torch.testing.assert_close(standardised.std(0)[varying], ones, atol=1e-3, rtol=0)
     assert not torch.allclose(before, after)
     path = piqa_model.save_bundle(net, tmp_path / "bundle", piqa_model.BundleInfo("s", False))
     loaded = read_bundle(path)[0]
