@@ -8,11 +8,14 @@ splits at a short side of `size`. Two feature sets: the pooled last stage, and t
 every stage from the third on (the family's `pool="stage-stats"`). A ridge regression is fitted to MOS on the
 training and validation splits, its strength chosen by 5-fold cross-validation on them; the test split is read only
 for the figure printed. lite0 is the starter's network: its row is the baseline, measured in the same run.
+`--pairs` also fits the ridge on every pair of rows' per-stage statistics side by side (two backbones or two
+sizes read together: what an ensemble of two frozen networks would see).
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import time
 from pathlib import Path
 
@@ -92,10 +95,12 @@ def main() -> None:
     parser.add_argument("--sizes", default="352")
     parser.add_argument("--config", default=str(REPO / "configs" / "starter.yaml"))
     parser.add_argument("--out", default=str(REPO / "bench" / "out" / "backbone_probe.json"))
+    parser.add_argument("--pairs", action="store_true", help="also every pair of rows' per-stage statistics")
     args = parser.parse_args()
     splits = clive_splits(args.config)
     labels = {split: [e.label for e in examples] for split, examples in splits.items()}
     results = []
+    statistics: dict[str, dict[str, np.ndarray]] = {}
     print("| variant | short side | features | ridge alpha | SRCC, 5 folds of train+val | test SRCC | seconds |")
     print("| --- | ---: | --- | ---: | ---: | ---: | ---: |")
     for variant in args.variants.split(","):
@@ -103,6 +108,7 @@ def main() -> None:
             started = time.perf_counter()
             by_split = features(variant, size, splits)
             seconds = time.perf_counter() - started
+            statistics[f"{variant}-{size}"] = {split: found[1] for split, found in by_split.items()}
             for name, column in (("pooled last stage", 0), ("per-stage mean+std", 1)):
                 fitting = np.concatenate([by_split["train"][column], by_split["val"][column]])
                 fit = ridge_srcc(fitting, labels["train"] + labels["val"], by_split["test"][column], labels["test"])
@@ -112,6 +118,13 @@ def main() -> None:
                     f"| {seconds:.0f} |",
                     flush=True,
                 )
+    for pair in itertools.combinations(statistics, 2) if args.pairs else ():
+        joined = {split: np.concatenate([statistics[name][split] for name in pair], axis=1) for split in SPLITS}
+        fitting = np.concatenate([joined["train"], joined["val"]])
+        fit = ridge_srcc(fitting, labels["train"] + labels["val"], joined["test"], labels["test"])
+        results.append({"pair": list(pair), "features": "per-stage mean+std", **fit})
+        name = " + ".join(pair)
+        print(f"| {name} | | per-stage mean+std | {fit['alpha']:g} | {fit['cv']:.3f} | {fit['test']:.3f} | |")
     write_results(Path(args.out), {"images": {s: len(e) for s, e in splits.items()}, "results": results})
 
 
