@@ -136,3 +136,16 @@ def test_freeze_names_parameters_by_prefix():
     assert not net.overall.conv_stem.weight.requires_grad and net.overall.blocks[0][0].conv_dw.weight.requires_grad
     with pytest.raises(ConfigError, match="names no parameter"):
         freeze_parameters(net, ("overall.no_such_layer",))
+
+
+def test_the_mixed_preset_has_two_networks_and_fits_the_bundle_limit_in_fp16(tmp_path):
+    config = piqa_model.preset("lite2-lite0-448")
+    net = piqa_model.DualBranchNet(config)
+    assert config.overall.variant == "lite2" and config.face.variant == "lite0"
+    assert config.head_input_width == config.overall.feature_width + config.face.feature_width
+    assert config.overall.feature_width != config.face.feature_width
+    with torch.no_grad():
+        scores = net.eval().forward_crops(torch.rand(2, 3, 64, 64), torch.rand(2, 3, 64, 64))
+    assert scores.shape[0] == 2 and torch.isfinite(scores).all()
+    path = piqa_model.save_bundle(net, tmp_path / "b", piqa_model.BundleInfo("m", False), weights_dtype=torch.float16)
+    assert sum(f.stat().st_size for f in Path(path).iterdir()) < 30e6  # the shipped bundle's limit
