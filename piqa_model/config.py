@@ -106,7 +106,6 @@ class ModelConfig:
 SMALL_SWIN = SwinConfig(embed_dim=32, depths=(1, 1, 1, 1), num_heads=(1, 2, 4, 8))
 SMALL_SWIN_224 = dataclasses.replace(SMALL_SWIN, img_size=224, window_size=7)
 
-LITE0_STAGE_STATS = EfficientNetLiteConfig(pool="stage-stats")
 LITE2_STAGE_STATS = EfficientNetLiteConfig(timm_name="tf_efficientnet_lite2", pool="stage-stats")
 
 TINY_LIQE = LiqeConfig(
@@ -155,20 +154,12 @@ PRESETS: dict[str, ModelConfig] = {
         crop_mode="center",
         standardise_features=True,
     ),
-    # Two different networks: where no face is found (most photos outside portrait sets) the face branch reads the
-    # whole image too, so the head reads an ensemble of Lite2 and Lite0 on it; one centre view of a 448-px side.
-    "lite2-lite0-448": ModelConfig(
-        name="lite2-lite0-448",
-        overall=LITE2_STAGE_STATS,
-        face=LITE0_STAGE_STATS,
-        aux="none",
-        liqe=None,
-        resize=448,
-        crop=448,
-        crop_mode="center",
-        standardise_features=True,
-    ),
 }
+# Two different networks: where no face is found (most photos outside portrait sets) the face branch reads the whole
+# image too, so the head reads an ensemble of Lite2 and Lite0 on it; one centre view of a 448-pixel short side.
+PRESETS["lite2-lite0-448"] = PRESETS["lite2-352"].replace(
+    name="lite2-lite0-448", face=EfficientNetLiteConfig(pool="stage-stats"), resize=448, crop=448
+)
 
 
 def describe_branches(config: ModelConfig) -> str:

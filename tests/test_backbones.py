@@ -107,14 +107,15 @@ def test_stage_statistics_are_the_mean_and_std_of_each_stage_from_the_first_name
     maps = []
     for stage in reference.blocks[4:]:
         stage.register_forward_hook(lambda _module, _args, out: maps.append(out))
-    pixels = torch.rand(2, 3, 96, 128)
+    pixels = torch.rand(2, 3, 96, 128, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         reference.eval()(pixels)
         found = backbone(pixels)
     expected = torch.cat([s for m in maps for s in (m.mean((2, 3)), m.std((2, 3), correction=0))], dim=1)
     assert found.shape == (2, config.feature_width) == (2, backbone.num_features)
     assert config.feature_width == 2 * (120 + 208 + 352)  # lite2's stages 4, 5 and 6
-    torch.testing.assert_close(found, expected, rtol=1e-4, atol=1e-5)
+    # Ours runs channels-last, timm's model contiguous: other kernels, other float rounding.
+    torch.testing.assert_close(found, expected, rtol=1e-3, atol=1e-4)
     assert not any(name.startswith("conv_head") for name, _ in backbone.named_parameters())  # unused: dropped
 
 
@@ -145,7 +146,8 @@ def test_the_mixed_preset_has_two_networks_and_fits_the_bundle_limit_in_fp16(tmp
     assert config.head_input_width == config.overall.feature_width + config.face.feature_width
     assert config.overall.feature_width != config.face.feature_width
     with torch.no_grad():
-        scores = net.eval().forward_crops(torch.rand(2, 3, 64, 64), torch.rand(2, 3, 64, 64))
+        views = torch.rand(2, 2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+        scores = net.eval().forward_crops(views[0], views[1])
     assert scores.shape[0] == 2 and torch.isfinite(scores).all()
     path = piqa_model.save_bundle(net, tmp_path / "b", piqa_model.BundleInfo("m", False), weights_dtype=torch.float16)
     assert sum(f.stat().st_size for f in Path(path).iterdir()) < 30e6  # the shipped bundle's limit
