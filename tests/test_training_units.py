@@ -179,7 +179,7 @@ def test_head_input_standardisation_is_fitted_on_training_views_and_travels_in_t
     varying = scale > 1e-2 * shift.abs().clamp_min(1.0)
     assert varying.float().mean() > 0.5
     ones = torch.ones(int(varying.sum()))
-    torch.testing.assert_close(standardised.mean(0)[varying], 0 * ones, atol=1e-3, rtol=0)
+    torch.testing.assert_close(standardised.mean(0)[varying], torch.zeros_like(ones), atol=1e-3, rtol=0)
     torch.testing.assert_close(standardised.std(0)[varying], ones, atol=1e-3, rtol=0)
     assert not torch.allclose(before, after)
     path = piqa_model.save_bundle(net, tmp_path / "bundle", piqa_model.BundleInfo("s", False))
