@@ -8,8 +8,10 @@ splits at a short side of `size`. Two feature sets: the pooled last stage, and t
 every stage from the third on (the family's `pool="stage-stats"`). A ridge regression is fitted to MOS on the
 training and validation splits, its strength chosen by 5-fold cross-validation on them; the test split is read only
 for the figure printed. lite0 is the starter's network: its row is the baseline, measured in the same run.
-`--pairs` also fits the ridge on every pair of rows' per-stage statistics side by side (two backbones or two
-sizes read together: what an ensemble of two frozen networks would see).
+`--pairs` also fits the heads on every pair of rows' per-stage statistics side by side (two backbones or two
+sizes read together: what an ensemble of two frozen networks would see). `--heads ridge,svr` adds an RBF
+support-vector regression, its (C, gamma) chosen the same way: whether a non-linear head reads more from the same
+frozen features.
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ from __future__ import annotations
 import argparse
 import itertools
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,6 +30,7 @@ from scipy.stats import spearmanr
 from sklearn.linear_model import Ridge
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
+from sklearn.svm import SVR
 
 from piqa_model.backbones.efficientnet import EfficientNetLiteConfig, StageStatistics, build_efficientnet_lite
 from piqa_model.crops import resize_short_side
@@ -64,28 +69,42 @@ def features(variant: str, size: int, splits: dict[str, list]) -> dict[str, tupl
     return found
 
 
-def ridge(alpha: float, features: np.ndarray, labels: np.ndarray) -> Pipeline:
-    """A ridge on standardised features, fitted."""
-    return make_pipeline(StandardScaler(), Ridge(alpha=alpha)).fit(features, labels)
+def ridge(alpha: float, width: int) -> Pipeline:
+    """A ridge on standardised features."""
+    return make_pipeline(StandardScaler(), Ridge(alpha=alpha))
 
 
-def ridge_srcc(fit: np.ndarray, fit_labels: list[float], test: np.ndarray, test_labels: list[float]) -> dict:
-    """The ridge strength with the best mean SRCC over `FOLDS` folds of the fitting images (train + val: 56
-    validation images alone choose it by noise), that mean, and the test SRCC of a ridge fitted on them all."""
+def kernel_svr(setting: tuple[float, float], width: int) -> Pipeline:
+    """An RBF support-vector regression on `width` standardised features, setting (C, gamma x width): the width
+    scales the kernel so that one grid suits one backbone's features or two side by side."""
+    cost, gamma = setting
+    return make_pipeline(StandardScaler(), SVR(C=cost, gamma=gamma / width, epsilon=1.0))
+
+
+HEADS: dict[str, tuple[Callable[[Any, int], Pipeline], tuple]] = {
+    "ridge": (ridge, ALPHAS),
+    "svr": (kernel_svr, tuple(itertools.product((30.0, 100.0, 300.0, 1000.0), (0.1, 0.3)))),
+}
+
+
+def head_srcc(head: str, fit: np.ndarray, fit_labels: list[float], test: np.ndarray, test_labels: list[float]) -> dict:
+    """The head's setting with the best mean SRCC over `FOLDS` folds of the fitting images (train + val: 56
+    validation images alone choose it by noise), that mean, and the test SRCC of the head fitted on them all."""
+    make, settings = HEADS[head]
     order = np.random.default_rng(0).permutation(len(fit))
     folds = np.array_split(order, FOLDS)
     labels = np.asarray(fit_labels)
-    best: dict[str, float] | None = None
-    for alpha in ALPHAS:
+    best: dict[str, Any] | None = None
+    for setting in settings:
         scores = []
         for held in folds:
             kept = np.setdiff1d(order, held)
-            predicted = ridge(alpha, fit[kept], labels[kept]).predict(fit[held])
+            predicted = make(setting, fit.shape[1]).fit(fit[kept], labels[kept]).predict(fit[held])
             scores.append(float(spearmanr(labels[held], predicted)[0]))
         if best is None or np.mean(scores) > best["cv"]:
-            best = {"alpha": alpha, "cv": float(np.mean(scores))}
+            best = {"head": head, "setting": setting, "cv": float(np.mean(scores))}
     assert best is not None
-    best["test"] = float(spearmanr(test_labels, ridge(best["alpha"], fit, labels).predict(test))[0])
+    best["test"] = float(spearmanr(test_labels, make(best["setting"], fit.shape[1]).fit(fit, labels).predict(test))[0])
     return best
 
 
@@ -96,13 +115,30 @@ def main() -> None:
     parser.add_argument("--config", default=str(REPO / "configs" / "starter.yaml"))
     parser.add_argument("--out", default=str(REPO / "bench" / "out" / "backbone_probe.json"))
     parser.add_argument("--pairs", action="store_true", help="also every pair of rows' per-stage statistics")
+    parser.add_argument("--heads", default="ridge", help=f"comma-separated, of: {', '.join(HEADS)}")
     args = parser.parse_args()
     splits = clive_splits(args.config)
     labels = {split: [e.label for e in examples] for split, examples in splits.items()}
     results = []
     statistics: dict[str, dict[str, np.ndarray]] = {}
-    print("| variant | short side | features | ridge alpha | SRCC, 5 folds of train+val | test SRCC | seconds |")
-    print("| --- | ---: | --- | ---: | ---: | ---: | ---: |")
+    heads = args.heads.split(",")
+    unknown = set(heads) - set(HEADS)
+    if unknown:
+        parser.error(f"unknown --heads {', '.join(sorted(unknown))}; choose from {', '.join(HEADS)}")
+
+    def fit_heads(row: dict, fitting: np.ndarray, test: np.ndarray, seconds: str) -> None:
+        """Every asked head fitted on `fitting` (train + val) and read on `test`: one table row each."""
+        for head in heads:
+            fit = head_srcc(head, fitting, labels["train"] + labels["val"], test, labels["test"])
+            results.append({**row, **fit})
+            print(
+                f"| {row['name']} | {row['features']} | {head} {fit['setting']} | {fit['cv']:.3f} | {fit['test']:.3f} "
+                f"| {seconds} |",
+                flush=True,
+            )
+
+    print("| network at short side | features | head, setting | SRCC, 5 folds of train+val | test SRCC | seconds |")
+    print("| --- | --- | --- | ---: | ---: | ---: |")
     for variant in args.variants.split(","):
         for size in (int(s) for s in args.sizes.split(",")):
             started = time.perf_counter()
@@ -111,20 +147,12 @@ def main() -> None:
             statistics[f"{variant}-{size}"] = {split: found[1] for split, found in by_split.items()}
             for name, column in (("pooled last stage", 0), ("per-stage mean+std", 1)):
                 fitting = np.concatenate([by_split["train"][column], by_split["val"][column]])
-                fit = ridge_srcc(fitting, labels["train"] + labels["val"], by_split["test"][column], labels["test"])
-                results.append({"variant": variant, "size": size, "features": name, "seconds": seconds, **fit})
-                print(
-                    f"| {variant} | {size} | {name} | {fit['alpha']:g} | {fit['cv']:.3f} | {fit['test']:.3f} "
-                    f"| {seconds:.0f} |",
-                    flush=True,
-                )
+                row = {"name": f"{variant}-{size}", "variant": variant, "size": size, "features": name}
+                fit_heads({**row, "seconds": seconds}, fitting, by_split["test"][column], f"{seconds:.0f}")
     for pair in itertools.combinations(statistics, 2) if args.pairs else ():
         joined = {split: np.concatenate([statistics[name][split] for name in pair], axis=1) for split in SPLITS}
-        fitting = np.concatenate([joined["train"], joined["val"]])
-        fit = ridge_srcc(fitting, labels["train"] + labels["val"], joined["test"], labels["test"])
-        results.append({"pair": list(pair), "features": "per-stage mean+std", **fit})
-        name = " + ".join(pair)
-        print(f"| {name} | | per-stage mean+std | {fit['alpha']:g} | {fit['cv']:.3f} | {fit['test']:.3f} | |")
+        row = {"name": " + ".join(pair), "pair": list(pair), "features": "per-stage mean+std"}
+        fit_heads(row, np.concatenate([joined["train"], joined["val"]]), joined["test"], "")
     write_results(Path(args.out), {"images": {s: len(e) for s, e in splits.items()}, "results": results})
 
 
