@@ -98,7 +98,7 @@ def test_killed_worker_restarts_from_the_last_checkpoint(tiny_data, tmp_path):
 
 
 def test_killed_job_resumes_from_its_last_checkpoint(tiny_data, tmp_path, repo_root):
-    epochs = 8
+    epochs = 6  # a registered checkpoint well before the last epoch, even with the controller two epochs behind
     config = train_config(tmp_path, optim={"epochs": epochs}, data={"manifests": [tiny_data["manifest"]]})
     path = write_config(config, tmp_path / "train.yaml")
     command = [sys.executable, "-m", "jobs.retrain", "--config", str(path)]
@@ -157,7 +157,10 @@ def test_mlflow_server_registry_promotion_and_periodic_runs(shared_dir, tiny_dat
     (curated / "batch-2" / "batch-2.parquet").write_bytes(Path(second).read_bytes())
     (curated / "batch-2" / "images").symlink_to(Path(second).parent / "images")
     strict_gate = {**names, "promote_tolerance": -1.5}
-    strict = train_config(tmp_path, mlflow_server, tracking=strict_gate, data={"curated": [str(curated)]})
+    # One epoch: no candidate can gain 1.5 SRCC, so the gate refuses whatever the training reached.
+    strict = train_config(
+        tmp_path, mlflow_server, optim={"epochs": 1}, tracking=strict_gate, data={"curated": [str(curated)]}
+    )
     refused = run_retraining(strict)
     assert refused.snapshot != promoted.snapshot and not refused.skipped
     assert not refused.decision.promote and refused.decision.champion is not None
