@@ -126,8 +126,9 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown --heads {', '.join(sorted(unknown))}; choose from {', '.join(HEADS)}")
 
-    def fit_heads(row: dict, fitting: np.ndarray, test: np.ndarray, seconds: str) -> None:
+    def fit_heads(row: dict, fitting: np.ndarray, test: np.ndarray) -> None:
         """Every asked head fitted on `fitting` (train + val) and read on `test`: one table row each."""
+        seconds = f"{row['seconds']:.0f}" if "seconds" in row else ""
         for head in heads:
             fit = head_srcc(head, fitting, labels["train"] + labels["val"], test, labels["test"])
             results.append({**row, **fit})
@@ -148,11 +149,11 @@ def main() -> None:
             for name, column in (("pooled last stage", 0), ("per-stage mean+std", 1)):
                 fitting = np.concatenate([by_split["train"][column], by_split["val"][column]])
                 row = {"name": f"{variant}-{size}", "variant": variant, "size": size, "features": name}
-                fit_heads({**row, "seconds": seconds}, fitting, by_split["test"][column], f"{seconds:.0f}")
+                fit_heads({**row, "seconds": seconds}, fitting, by_split["test"][column])
     for pair in itertools.combinations(statistics, 2) if args.pairs else ():
         joined = {split: np.concatenate([statistics[name][split] for name in pair], axis=1) for split in SPLITS}
         row = {"name": " + ".join(pair), "pair": list(pair), "features": "per-stage mean+std"}
-        fit_heads(row, np.concatenate([joined["train"], joined["val"]]), joined["test"], "")
+        fit_heads(row, np.concatenate([joined["train"], joined["val"]]), joined["test"])
     write_results(Path(args.out), {"images": {s: len(e) for s, e in splits.items()}, "results": results})
 
 
