@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipelines.storage import Storage, reason
+from pipelines.storage import Storage, StorageError, reason
 from pipelines.tally import tell
 from piqa_model.record import LIQE_FIELDS, RECORD_SCHEMA
 
@@ -126,9 +126,9 @@ class ShardCommitter:
         fs, path = self.storage.filesystem(uri)
         try:
             table = pa.concat_tables([pq.read_table(io.BytesIO(self.storage.read_bytes(part))) for part in parts])
-        except FileNotFoundError:
-            if not fs.exists(path):
-                raise
+        except FileNotFoundError as exc:
+            if not fs.exists(path):  # removed by someone else (or with its bucket) after it was written
+                raise StorageError(f"cannot commit {uri}: a part written for it is gone ({reason(exc)})") from exc
             return _status_counts(pq.read_table(io.BytesIO(self.storage.read_bytes(uri))))  # a retried commit
         table = table.sort_by("index")
         indices = table["index"].to_numpy()

@@ -8,6 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipelines.storage import Storage
+from pipelines.tally import Tally
 from pipelines.writer import PARTS, PartWriter, ShardCommitter, ShardLedger, clear_parts, output_schema
 
 
@@ -57,3 +58,14 @@ def test_receipts_describe_runs_of_positions(tmp_path: Path):
     (receipt,) = receipts.to_pylist()
     assert (receipt["starts"], receipt["stops"]) == ([2, 7], [4, 10])
     assert pq.read_table(receipt["part"])["index"].to_pylist() == [2, 3, 7, 8, 9]
+
+
+def test_a_shard_whose_parts_are_gone_is_not_committed_and_the_job_is_told_why(tmp_path: Path):
+    storage = Storage(tally=Tally())
+    where = dict(output=str(tmp_path), storage=storage, with_liqe=False)
+    parts = PartWriter(**where)(scored("a", [0, 1], 2))["part"].to_pylist()
+    Path(parts[0]).unlink()  # as when its bucket is removed before the commit
+    assert ShardCommitter(**where).commit("a", parts) is None
+    assert not (tmp_path / "a.parquet").exists()
+    _, failures = storage.tally.totals()
+    assert failures["a"].startswith(f"cannot commit {tmp_path}/a.parquet: a part written for it is gone (FileNotFound")
