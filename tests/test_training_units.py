@@ -80,6 +80,23 @@ def test_group_batches_pair_within_groups_and_split_evenly_over_workers():
     assert other_epoch != per_rank[0]
 
 
+
+def test_dataset_weights_repeat_a_small_set_and_thin_a_large_one():
+    small = build_table([images("clive", groups=1, per_group=30)], test_fraction=0, val_fraction=0, seed=1)
+    large = build_table([images("synthetic", groups=40, per_group=6)], test_fraction=0, val_fraction=0, seed=1)
+    table = sorted(small + large, key=lambda e: e.uri)
+
+    def epoch_counts(weights):
+        batches = group_batches(table, batch_size=6, chunk=3, seed=0, epoch=0, rank=0, world=1, weights=weights)
+        return Counter(table[i].dataset for batch in batches for i in batch)
+
+    plain = epoch_counts(None)
+    assert plain == epoch_counts({"clive": 1.0, "synthetic": 1.0}) == {"clive": 30, "synthetic": 240}
+    weighted = epoch_counts({"clive": 2.0, "synthetic": 0.5})
+    assert weighted["clive"] == 60  # two whole passes
+    assert 80 <= weighted["synthetic"] <= 160  # about half of the 80 chunks of 3
+    assert "synthetic" not in epoch_counts({"synthetic": 0})
+
 def test_config_yaml_round_trip_and_errors(tmp_path):
     config = TrainConfig.from_dict({"data": {"manifests": ["m.csv"]}, "optim": {"epochs": 3}})
     path = tmp_path / "c.yaml"
@@ -87,6 +104,8 @@ def test_config_yaml_round_trip_and_errors(tmp_path):
     assert TrainConfig.from_yaml(path) == config
     with pytest.raises(ConfigError, match="no training data"):
         TrainConfig.from_dict({})
+    with pytest.raises(ConfigError, match="passes per epoch >= 0"):
+        TrainConfig.from_dict({"data": {"manifests": ["m.csv"], "weights": {"clive": -1}}})
     with pytest.raises(ConfigError, match="not a valid training configuration"):
         TrainConfig.from_dict({"data": {"manifests": ["m.csv"]}, "optim": {"epoch": 3}})
 

@@ -44,6 +44,9 @@ class DataConfig:
     cache_dir: str | None = None
     detect_size: int = DEFAULT_DETECT_SIZE
     min_face_size: int = DEFAULT_MIN_FACE_SIZE
+    # Passes per epoch over a dataset's training images, by dataset name (1 when not named): 2 repeats its
+    # chunks, 0.5 draws half of them each epoch. Balances a small labelled set against large synthetic ones.
+    weights: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -99,6 +102,9 @@ class TrainConfig:
             raise ConfigError("epochs must be >= 1, batch_size and group_chunk >= 2 (pairs need two images)")
         if not 0 <= self.data.test_fraction < 1 or not 0 <= self.data.val_fraction < 1:
             raise ConfigError("test_fraction and val_fraction must be in [0, 1)")
+        negative = {name: weight for name, weight in self.data.weights.items() if not weight >= 0}
+        if negative:
+            raise ConfigError(f"data.weights must be passes per epoch >= 0, got {negative}")
         check_choice("precision", self.precision, TrainPrecision)
         if not (self.data.piq23 or self.data.manifests or self.data.curated):
             raise ConfigError("no training data: set data.piq23, data.manifests or data.curated")
@@ -132,19 +138,26 @@ class TrainConfig:
                 section["piq23"] = Piq23Source(**section["piq23"])
             for name in ("manifests", "curated"):
                 section[name] = tuple(section.get(name) or ())
+            section["weights"] = _weights(section.get("weights") or {})
             data["data"] = DataConfig(**section)
             optim = dict(data.get("optim") or {})
             optim["freeze"] = tuple(optim.get("freeze") or ())
             data["optim"] = OptimConfig(**optim)
             data["tracking"] = TrackingConfig(**(data.get("tracking") or {}))
             return cls(**data)
-        except TypeError as exc:
+        except (TypeError, ValueError) as exc:
             raise ConfigError(f"not a valid training configuration: {exc}") from None
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> TrainConfig:
         """Read a YAML file; a `base: OTHER.yaml` key (relative to this file) starts from that file's settings."""
         return cls.from_dict(_read_document(Path(path), ()))
+
+
+def _weights(value: Any) -> dict[str, float]:
+    if not isinstance(value, dict):
+        raise TypeError(f"data.weights must map dataset names to passes per epoch, got {value!r}")
+    return {str(name): float(weight) for name, weight in value.items()}
 
 
 def _read_document(path: Path, children: tuple[Path, ...]) -> dict[str, Any]:

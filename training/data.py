@@ -7,7 +7,8 @@ default), so test metrics are what `piqa score` would give.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import math
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -96,13 +97,22 @@ def collate(items: list[tuple[torch.Tensor, torch.Tensor, np.ndarray | None, Exa
 
 
 def group_batches(
-    examples: Sequence[Example], batch_size: int, chunk: int, seed: int, epoch: int, rank: int, world: int
+    examples: Sequence[Example],
+    batch_size: int,
+    chunk: int,
+    seed: int,
+    epoch: int,
+    rank: int,
+    world: int,
+    weights: Mapping[str, float] | None = None,
 ) -> list[list[int]]:
     """This worker's batches for one epoch: index lists in which every image has a same-group partner.
 
     Each group's images are shuffled and cut into chunks of `chunk` (a last single image joins the
-    chunk before it); chunks are shuffled and packed into batches of about `batch_size`. All workers
-    compute the same list and take every `world`-th batch, truncated to equal counts (DDP steps in lockstep).
+    chunk before it); chunks are shuffled and packed into batches of about `batch_size`. A dataset's
+    weight (passes per epoch, 1 by default) repeats that for whole passes, each shuffled anew, and keeps
+    each chunk of a last, partial pass with the fractional part's probability. All workers compute the
+    same list and take every `world`-th batch, truncated to equal counts (DDP steps in lockstep).
     """
     rng = np.random.default_rng([seed, epoch])
     by_group: dict[str, list[int]] = {}
@@ -110,13 +120,17 @@ def group_batches(
         by_group.setdefault(example.group, []).append(index)
     chunks: list[list[int]] = []
     for group in sorted(by_group):
-        members = [int(i) for i in rng.permutation(by_group[group])]
-        if len(members) < 2:
+        indices = by_group[group]
+        if len(indices) < 2:
             continue
-        pieces = [members[start : start + chunk] for start in range(0, len(members), chunk)]
-        if len(pieces[-1]) == 1:
-            pieces[-2].extend(pieces.pop())
-        chunks.extend(pieces)
+        passes = (weights or {}).get(examples[indices[0]].dataset, 1.0)
+        for number in range(math.ceil(passes)):
+            kept = min(passes - number, 1.0)
+            members = [int(i) for i in rng.permutation(indices)]
+            pieces = [members[start : start + chunk] for start in range(0, len(members), chunk)]
+            if len(pieces[-1]) == 1:
+                pieces[-2].extend(pieces.pop())
+            chunks.extend(piece for piece in pieces if kept == 1.0 or rng.random() < kept)
     order = rng.permutation(len(chunks))
     batches: list[list[int]] = []
     current: list[int] = []

@@ -103,7 +103,14 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         started = time.time()
         datasets["train"].epoch = epoch
         batches = group_batches(
-            splits["train"], config.optim.batch_size, config.optim.group_chunk, config.seed, epoch, rank, world
+            splits["train"],
+            config.optim.batch_size,
+            config.optim.group_chunk,
+            config.seed,
+            epoch,
+            rank,
+            world,
+            config.data.weights,
         )
         if not batches:
             raise ConfigError(

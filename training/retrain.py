@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.storage import Storage
-from piqa_model import BundleInfo, DualBranchNet, PiqaError, preset, save_bundle
+from piqa_model import BundleInfo, ConfigError, DualBranchNet, PiqaError, preset, save_bundle
 from piqa_model.bundle import WEIGHTS_FILE, bundle_files, read_bundle_config, read_bundle_files
 from piqa_model.registry import download_registered_bundle, is_registry_uri
 from training.config import TrainConfig
@@ -75,6 +75,8 @@ def config_hash(config: TrainConfig) -> str:
     start's architecture is the preset's definition, not only its name: a preset changed by an upgrade trains anew."""
     document = config.to_dict()
     document.pop("tracking")
+    if not config.data.weights:  # unset, it leaves the hashes of runs from before the option as they were
+        del document["data"]["weights"]
     if config.starts_fresh:
         document["architecture"] = preset(config.preset).to_dict()
     return hashlib.sha256(json.dumps(document, sort_keys=True).encode()).hexdigest()[:12]
@@ -108,6 +110,9 @@ def run_retraining(config: TrainConfig) -> RetrainResult:
     tracker = Tracker(config.tracking.uri, config.tracking.experiment, config.tracking.model_name)
     sources, manifests = load_sources(config, storage)
     table = build_table(sources, config.data.test_fraction, config.data.val_fraction, config.seed)
+    unknown = sorted(set(config.data.weights) - set(counts(table)))
+    if unknown:
+        raise ConfigError(f"data.weights names {unknown}: not datasets of this run, which are {sorted(counts(table))}")
     snapshot, settings = snapshot_id(table), config_hash(config)
     previous = tracker.finished_run(snapshot, settings)
     if previous is not None:
@@ -371,10 +376,14 @@ def _card(
         f"## Recipe\n\nInit `{config.init}` (preset `{config.preset}`), {config.optim.epochs} epochs, "
         f"batch {config.optim.batch_size}, AdamW lr {config.optim.lr} x{config.optim.lr_gamma} every "
         f"{config.optim.lr_step_epochs} epochs, fidelity loss on within-group pairs, {config.num_workers} "
-        f"worker(s); best epoch on validation: {state['best']['epoch']}.\n\n"
+        f"worker(s){_passes(config.data.weights)}; best epoch on validation: {state['best']['epoch']}.\n\n"
         f"## Test metrics\n\n{metrics_table(metrics, sorted(counts(table)))}\n\n"
         f"## Promotion\n\n{decision.reason}.\n"
     )
+
+
+def _passes(weights: dict[str, float]) -> str:
+    return "".join(f", {weight:g} passes per epoch over {name}" for name, weight in sorted(weights.items()))
 
 
 def _flatten(document: dict[str, Any], prefix: str = "") -> dict[str, Any]:
