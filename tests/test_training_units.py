@@ -80,7 +80,6 @@ def test_group_batches_pair_within_groups_and_split_evenly_over_workers():
     assert other_epoch != per_rank[0]
 
 
-
 def test_dataset_weights_repeat_a_small_set_and_thin_a_large_one():
     small = build_table([images("clive", groups=1, per_group=30)], test_fraction=0, val_fraction=0, seed=1)
     large = build_table([images("synthetic", groups=40, per_group=6)], test_fraction=0, val_fraction=0, seed=1)
@@ -96,6 +95,7 @@ def test_dataset_weights_repeat_a_small_set_and_thin_a_large_one():
     assert weighted["clive"] == 60  # two whole passes
     assert 80 <= weighted["synthetic"] <= 160  # about half of the 80 chunks of 3
     assert "synthetic" not in epoch_counts({"synthetic": 0})
+
 
 def test_config_yaml_round_trip_and_errors(tmp_path):
     config = TrainConfig.from_dict({"data": {"manifests": ["m.csv"]}, "optim": {"epochs": 3}})
