@@ -115,6 +115,7 @@ def group_batches(
     same list and take every `world`-th batch, truncated to equal counts (DDP steps in lockstep).
     """
     rng = np.random.default_rng([seed, epoch])
+    weights = weights or {}
     by_group: dict[str, list[int]] = {}
     for index, example in enumerate(examples):
         by_group.setdefault(example.group, []).append(index)
@@ -123,7 +124,7 @@ def group_batches(
         indices = by_group[group]
         if len(indices) < 2:
             continue
-        passes = (weights or {}).get(examples[indices[0]].dataset, 1.0)
+        passes = weights.get(examples[indices[0]].dataset, 1.0)
         for number in range(math.ceil(passes)):
             kept = min(passes - number, 1.0)
             members = [int(i) for i in rng.permutation(indices)]
